@@ -1,0 +1,384 @@
+//! The folder source: walks a directory tree (honouring .gitignore and include/exclude
+//! globs) and reports each regular file with a cheap version hint.
+//!
+//! Invariant: symlinks are never followed (so nothing outside the root is read and no file
+//! is indexed twice through a link), and `ScanComplete` is sent only when the walk visited
+//! every directory without error.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ignore::WalkBuilder;
+use tracing::{debug, warn};
+
+use crate::{Change, DocContent, DocKey, RawDoc, Source, SourceContext, SourceError};
+
+/// What to walk and what to leave out.
+#[derive(Debug, Clone, Default)]
+pub struct FolderSourceOptions {
+    /// Globs over the document key (path relative to the root); empty means every file.
+    pub include: Vec<String>,
+    /// Globs over the document key; a match is never indexed.
+    pub exclude: Vec<String>,
+    /// Honour .gitignore, .ignore and .git/info/exclude files (also outside a git repo).
+    pub respect_gitignore: bool,
+    /// Also walk hidden files and directories (names starting with `.`).
+    pub include_hidden: bool,
+}
+
+pub struct FolderSource {
+    id: String,
+    root: PathBuf,
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+    options: FolderSourceOptions,
+}
+
+impl std::fmt::Debug for FolderSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FolderSource")
+            .field("id", &self.id)
+            .field("root", &self.root)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl FolderSource {
+    pub fn new(
+        id: impl Into<String>,
+        root: impl Into<PathBuf>,
+        options: FolderSourceOptions,
+    ) -> Result<Self, SourceError> {
+        let id = id.into();
+        let build = |globs: &[String]| -> Result<GlobSet, SourceError> {
+            let mut set = GlobSetBuilder::new();
+            for glob in globs {
+                set.add(Glob::new(glob).map_err(|err| SourceError::Config {
+                    source_id: id.clone(),
+                    reason: format!("bad glob `{glob}`: {err}"),
+                })?);
+            }
+            set.build().map_err(|err| SourceError::Config {
+                source_id: id.clone(),
+                reason: err.to_string(),
+            })
+        };
+        let include = if options.include.is_empty() {
+            None
+        } else {
+            Some(build(&options.include)?)
+        };
+        let exclude = build(&options.exclude)?;
+        Ok(Self {
+            root: root.into(),
+            include,
+            exclude,
+            options,
+            id,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn wanted(&self, key: &str) -> bool {
+        self.include.as_ref().is_none_or(|set| set.is_match(key)) && !self.exclude.is_match(key)
+    }
+
+    /// The walk itself, on a blocking thread: sends every wanted regular file, then
+    /// `ScanComplete` if nothing went wrong.
+    fn scan_blocking(&self, root: &Path, cx: &SourceContext) -> Result<(), SourceError> {
+        let mut walker = WalkBuilder::new(root);
+        walker
+            .follow_links(false)
+            .hidden(!self.options.include_hidden)
+            .git_ignore(self.options.respect_gitignore)
+            .git_global(false)
+            .git_exclude(self.options.respect_gitignore)
+            .ignore(self.options.respect_gitignore)
+            .parents(self.options.respect_gitignore)
+            .require_git(false)
+            .sort_by_file_name(|a, b| a.cmp(b));
+
+        let mut walk_errors = Vec::new();
+        for entry in walker.build() {
+            if cx.cancel.is_cancelled() {
+                return Err(SourceError::Cancelled);
+            }
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(err) => {
+                    warn!(source = %self.id, error = %err, "could not walk part of the tree");
+                    walk_errors.push(err.to_string());
+                    continue;
+                }
+            };
+            let Some(file_type) = entry.file_type() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                continue;
+            }
+            let Some(key) = doc_key(root, entry.path()) else {
+                warn!(source = %self.id, path = %entry.path().display(), "skipping a path that is not valid UTF-8");
+                continue;
+            };
+            if !self.wanted(&key) {
+                continue;
+            }
+            if file_type.is_symlink() {
+                debug!(source = %self.id, key = %key, "not following symlink");
+                continue;
+            }
+            if !file_type.is_file() {
+                warn!(source = %self.id, key = %key, "skipping a special file (fifo, socket or device)");
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(err) if is_not_found(&err) => continue,
+                Err(err) => {
+                    // Still report it, so the pipeline records a readable failure for it.
+                    warn!(source = %self.id, key = %key, error = %err, "cannot stat file");
+                    let doc = RawDoc {
+                        key,
+                        version: "unstat-able".into(),
+                        size: None,
+                        content: DocContent::File(entry.path().to_path_buf()),
+                    };
+                    send_blocking(cx, Change::Upsert(doc))?;
+                    continue;
+                }
+            };
+            let doc = RawDoc {
+                key,
+                version: version_hint(&meta),
+                size: Some(meta.len()),
+                content: DocContent::File(entry.path().to_path_buf()),
+            };
+            send_blocking(cx, Change::Upsert(doc))?;
+        }
+
+        if walk_errors.is_empty() {
+            send_blocking(cx, Change::ScanComplete)
+        } else {
+            Err(SourceError::ScanFailed {
+                source_id: self.id.clone(),
+                reason: format!(
+                    "{} part(s) of the tree could not be read (first: {}); deletions are not applied until a scan completes",
+                    walk_errors.len(),
+                    walk_errors[0]
+                ),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FolderSource {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
+        let root = check_root(&self.id, &self.root)?;
+        let source_id = self.id.clone();
+        let this = self;
+        tokio::task::spawn_blocking(move || this.scan_blocking(&root, &cx))
+            .await
+            .map_err(|err| SourceError::ScanFailed {
+                source_id,
+                reason: format!("scan task failed: {err}"),
+            })?
+    }
+}
+
+/// A missing, unreadable or non-directory root is an error, never "the folder is empty":
+/// treating it as empty would delete the whole index.
+fn check_root(source_id: &str, root: &Path) -> Result<PathBuf, SourceError> {
+    let unavailable = |reason: String| SourceError::RootUnavailable {
+        source_id: source_id.to_string(),
+        path: root.to_path_buf(),
+        reason,
+    };
+    let canonical = root
+        .canonicalize()
+        .map_err(|err| unavailable(err.to_string()))?;
+    let meta = std::fs::metadata(&canonical).map_err(|err| unavailable(err.to_string()))?;
+    if !meta.is_dir() {
+        return Err(unavailable("not a directory".into()));
+    }
+    std::fs::read_dir(&canonical).map_err(|err| unavailable(err.to_string()))?;
+    Ok(canonical)
+}
+
+fn send_blocking(cx: &SourceContext, change: Change) -> Result<(), SourceError> {
+    cx.changes
+        .blocking_send(change)
+        .map_err(|_| SourceError::Cancelled)
+}
+
+fn is_not_found(err: &ignore::Error) -> bool {
+    err.io_error()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// The document key: the path relative to the root with `/` separators.
+pub fn doc_key(root: &Path, path: &Path) -> Option<DocKey> {
+    let relative = path.strip_prefix(root).ok()?;
+    let parts: Option<Vec<&str>> = relative
+        .components()
+        .map(|c| c.as_os_str().to_str())
+        .collect();
+    let key = parts?.join("/");
+    (!key.is_empty()).then_some(key)
+}
+
+/// mtime and size are what users expect; ctime and inode catch what they miss: tools that
+/// restore an old mtime (`cp -p`, `rsync -t`, archive extraction) still bump ctime, and an
+/// editor's atomic save replaces the inode.
+pub fn version_hint(meta: &std::fs::Metadata) -> String {
+    format!(
+        "m{}.{:09}-c{}.{:09}-s{}-i{}",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.len(),
+        meta.ino()
+    )
+}
+
+/// Why a document's bytes could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the file vanished before it could be read (deleted or moved during the scan)")]
+    Vanished,
+    #[error("the file cannot be read: {0}; fix its permissions or exclude it")]
+    Unreadable(std::io::Error),
+    #[error("the file is {size} bytes, over the limit of {limit} bytes; raise `max_document_bytes` or exclude it")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("not a regular file")]
+    NotRegular,
+}
+
+impl DocContent {
+    /// Reads the bytes, refusing anything over `limit` without reading all of it.
+    pub fn read(&self, limit: u64) -> Result<Vec<u8>, ReadError> {
+        match self {
+            DocContent::Inline(bytes) => {
+                if bytes.len() as u64 > limit {
+                    return Err(ReadError::TooLarge {
+                        size: bytes.len() as u64,
+                        limit,
+                    });
+                }
+                Ok(bytes.clone())
+            }
+            DocContent::File(path) => read_file(path, limit),
+        }
+    }
+}
+
+fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let map_err = |err: std::io::Error| match err.kind() {
+        std::io::ErrorKind::NotFound => ReadError::Vanished,
+        _ => ReadError::Unreadable(err),
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(map_err)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
+    }
+    let file = std::fs::File::open(path).map_err(map_err)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Read one byte past the limit to notice a file that grew since it was listed.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(map_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The content hash every source's documents are compared by.
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_key_is_relative_with_forward_slashes() {
+        let root = Path::new("/data/docs");
+        assert_eq!(
+            doc_key(root, Path::new("/data/docs/a/b.md")).as_deref(),
+            Some("a/b.md")
+        );
+        assert_eq!(doc_key(root, Path::new("/data/docs")), None);
+        assert_eq!(doc_key(root, Path::new("/elsewhere/x.md")), None);
+    }
+
+    #[test]
+    fn include_and_exclude_globs_apply_to_keys() {
+        let source = FolderSource::new(
+            "t",
+            "/tmp",
+            FolderSourceOptions {
+                include: vec!["**/*.md".into(), "*.md".into()],
+                exclude: vec!["drafts/**".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(source.wanted("a.md"));
+        assert!(source.wanted("x/y/a.md"));
+        assert!(!source.wanted("a.txt"));
+        assert!(!source.wanted("drafts/a.md"));
+    }
+
+    #[test]
+    fn bad_glob_is_a_config_error_naming_the_glob() {
+        let err = FolderSource::new(
+            "t",
+            "/tmp",
+            FolderSourceOptions {
+                include: vec!["a/[".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("a/["), "{err}");
+    }
+
+    #[test]
+    fn read_refuses_oversize_and_reports_vanished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.txt");
+        std::fs::write(&path, b"hello world").unwrap();
+        let content = DocContent::File(path.clone());
+        assert_eq!(content.read(100).unwrap(), b"hello world");
+        assert!(matches!(
+            content.read(5),
+            Err(ReadError::TooLarge { size: 11, limit: 5 })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(content.read(100), Err(ReadError::Vanished)));
+    }
+}

@@ -1,0 +1,116 @@
+//! Where freshet's bytes and rows come from: sources push [`Change`]s into a bounded
+//! channel and know nothing about chunks, vectors or the ledger.
+//!
+//! Invariant: a source only ever reports what it observed. A full scan ends in exactly one
+//! [`Change::ScanComplete`], and only after every document of the scan was sent, so the
+//! consumer may treat "not seen before `ScanComplete`" as "deleted". A scan that could not
+//! finish (missing root, I/O error on a directory) ends in an error instead, never in
+//! `ScanComplete`.
+
+pub mod fs;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use fs::{content_hash, FolderSource, FolderSourceOptions, ReadError};
+
+/// A document's identity inside one source, stable across runs (for folders: the path
+/// relative to the root, with `/` separators).
+pub type DocKey = String;
+
+/// Where a document's bytes are read from. Folder sources hand out paths so that the
+/// consumer reads only the documents whose version changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocContent {
+    /// Read the file at this absolute path when needed.
+    File(PathBuf),
+    /// Bytes the source already holds (e.g. a rendered database row).
+    Inline(Vec<u8>),
+}
+
+/// One document as a source sees it, before anything reads or parses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDoc {
+    pub key: DocKey,
+    /// Cheap version hint (mtime + size, ETag, updated_at). Equal hints mean "unchanged"
+    /// without reading the content; different hints only mean "maybe changed".
+    pub version: String,
+    /// Size in bytes when the source knows it without reading (used for size limits).
+    pub size: Option<u64>,
+    pub content: DocContent,
+}
+
+/// What a source reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Upsert(RawDoc),
+    Delete(DocKey),
+    /// Every document that exists was sent since the scan began.
+    ScanComplete,
+}
+
+/// What a source gets to talk to the pipeline with.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    pub changes: mpsc::Sender<Change>,
+    pub cancel: CancellationToken,
+    /// `false` for a one-off sync: scan, send `ScanComplete`, return.
+    pub follow: bool,
+}
+
+impl SourceContext {
+    /// Sends one change; waits while the pipeline is busy (the channel is the only
+    /// backpressure a source needs). Errors when the pipeline has gone away or the run was
+    /// cancelled.
+    pub async fn send(&self, change: Change) -> Result<(), SourceError> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(SourceError::Cancelled),
+            sent = self.changes.send(change) => sent.map_err(|_| SourceError::Cancelled),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source `{source_id}`: root {path} is missing or not a directory: {reason}; fix the path in the config (nothing was deleted from the index)")]
+    RootUnavailable {
+        source_id: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("source `{source_id}`: the scan could not finish: {reason} (nothing was deleted from the index; the next run retries)")]
+    ScanFailed { source_id: String, reason: String },
+    #[error("source `{source_id}`: invalid configuration: {reason}")]
+    Config { source_id: String, reason: String },
+    #[error("the run was cancelled")]
+    Cancelled,
+}
+
+impl SourceError {
+    /// Transient errors are worth retrying later; the others need the user to act.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::ScanFailed { .. })
+    }
+}
+
+/// A place documents come from.
+#[async_trait]
+pub trait Source: Send {
+    fn id(&self) -> &str;
+    /// Scan (ending in `ScanComplete`), then follow changes until cancelled when
+    /// `cx.follow` is set.
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError>;
+}
+
+impl fmt::Display for DocContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Inline(bytes) => write!(f, "<{} inline bytes>", bytes.len()),
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The one TOML configuration file: parsed strictly (unknown fields are errors), filled with
+//! defaults, and validated before any work starts.
+//!
+//! Invariant: a `Config` that passed [`Config::validate`] has absolute paths and settings the
+//! pipeline can run with; every field is documented here and mirrored in `config/`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default data directory, relative to the config file (or the working directory).
+pub const DEFAULT_DATA_DIR: &str = ".freshet";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the ledger (SQLite) and the embedded vector store live. Relative paths are
+    /// resolved against the config file's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The places documents come from.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    #[serde(default)]
+    pub embedding: EmbeddingConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A directory tree of documents (Markdown, text, source code, HTML, PDF).
+    Folder(FolderConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// Stable name of this source; it is part of every point id and payload. Changing it
+    /// re-indexes the source under the new name.
+    pub id: String,
+    /// The root directory. Relative paths are resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Globs over paths relative to the root (e.g. `"**/*.md"`); empty means every file.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Globs over paths relative to the root that are never indexed (e.g. `"drafts/**"`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Honour `.gitignore`, `.ignore` and `.git/info/exclude` files, also outside a git
+    /// repository.
+    #[serde(default = "yes")]
+    pub respect_gitignore: bool,
+    /// Also index hidden files and directories (names starting with `.`).
+    #[serde(default)]
+    pub include_hidden: bool,
+}
+
+impl SourceConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            SourceConfig::Folder(folder) => &folder.id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Maximum chunk size in tokens of the embedding model's own tokenizer.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// Tokens shared by neighbouring chunks, so a sentence cut at a boundary is still
+    /// retrievable from one of them. Must be less than half of `max_tokens`.
+    #[serde(default = "default_overlap_tokens")]
+    pub overlap_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// Directory holding `model.onnx` and the tokenizer files (`tokenizer.json`,
+    /// `config.json`, `special_tokens_map.json`, `tokenizer_config.json`). Unset: the
+    /// `FRESHET_MODEL_DIR` environment variable, then the default model provisioned by
+    /// `scripts/provision` into the per-user cache.
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// Name recorded with every vector; a different name means a different index. Unset:
+    /// the model directory's name.
+    #[serde(default)]
+    pub model_id: Option<String>,
+    /// Path to `libonnxruntime.so` (1.24 or newer). Unset: `ORT_DYLIB_PATH`, then the
+    /// runtime provisioned into the per-user cache.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// How token vectors become one text vector: `mean` (sentence-transformers models such
+    /// as all-MiniLM) or `cls` (BGE-style models).
+    #[serde(default)]
+    pub pooling: PoolingConfig,
+    /// Texts per ONNX Runtime call. Chunks are sorted by length before batching, so larger
+    /// batches waste little on padding.
+    #[serde(default = "default_embed_batch")]
+    pub batch_size: usize,
+    /// Inference threads; 0 uses every core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Longest input the model sees, in tokens; longer texts are truncated.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolingConfig {
+    #[default]
+    Mean,
+    Cls,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Changes a source may queue before it waits for the pipeline (backpressure).
+    #[serde(default = "default_channel_depth")]
+    pub channel_depth: usize,
+    /// Chunks per store-and-commit batch; a crash redoes at most one batch.
+    #[serde(default = "default_commit_batch_chunks")]
+    pub commit_batch_chunks: usize,
+    /// Documents larger than this are recorded as failed without being read.
+    #[serde(default = "default_max_document_bytes")]
+    pub max_document_bytes: u64,
+    /// Documents read and parsed at once (on the blocking pool); 0 means one per core.
+    #[serde(default)]
+    pub parallel_documents: usize,
+}
+
+const fn yes() -> bool {
+    true
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+const fn default_max_tokens() -> usize {
+    256
+}
+const fn default_overlap_tokens() -> usize {
+    32
+}
+const fn default_embed_batch() -> usize {
+    32
+}
+const fn default_max_length() -> usize {
+    512
+}
+const fn default_channel_depth() -> usize {
+    1024
+}
+const fn default_commit_batch_chunks() -> usize {
+    256
+}
+const fn default_max_document_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: default_max_tokens(),
+            overlap_tokens: default_overlap_tokens(),
+        }
+    }
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: None,
+            model_id: None,
+            onnxruntime_library: None,
+            pooling: PoolingConfig::default(),
+            batch_size: default_embed_batch(),
+            threads: 0,
+            max_length: default_max_length(),
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            channel_depth: default_channel_depth(),
+            commit_batch_chunks: default_commit_batch_chunks(),
+            max_document_bytes: default_max_document_bytes(),
+            parallel_documents: 0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            sources: Vec::new(),
+            chunking: ChunkingConfig::default(),
+            embedding: EmbeddingConfig::default(),
+            pipeline: PipelineConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths are resolved against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML without resolving paths or validating.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: err.to_string(),
+        })
+    }
+
+    /// The config `freshet sync PATH` uses without a config file: one folder source named
+    /// after the folder's absolute path.
+    pub fn for_folder(folder: &Path) -> Self {
+        let absolute = absolute(folder);
+        Config {
+            sources: vec![SourceConfig::Folder(FolderConfig {
+                id: format!("folder:{}", absolute.display()),
+                path: absolute,
+                include: Vec::new(),
+                exclude: Vec::new(),
+                respect_gitignore: true,
+                include_hidden: false,
+            })],
+            ..Config::default()
+        }
+    }
+
+    /// Makes every path absolute, relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &Path| absolute(&base.join(p));
+        self.data_dir = resolve(&self.data_dir);
+        for source in &mut self.sources {
+            match source {
+                SourceConfig::Folder(folder) => folder.path = resolve(&folder.path),
+            }
+        }
+        if let Some(dir) = &self.embedding.model_dir {
+            self.embedding.model_dir = Some(resolve(dir));
+        }
+        if let Some(lib) = &self.embedding.onnxruntime_library {
+            self.embedding.onnxruntime_library = Some(resolve(lib));
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let mut ids = std::collections::HashSet::new();
+        for source in &self.sources {
+            let id = source.id();
+            if id.trim().is_empty() {
+                return invalid("a source has an empty `id`".into());
+            }
+            if id.chars().any(char::is_control) {
+                return invalid(format!("source id {id:?} contains control characters"));
+            }
+            if !ids.insert(id) {
+                return invalid(format!(
+                    "two sources share the id `{id}`; ids must be unique"
+                ));
+            }
+        }
+        let chunking = &self.chunking;
+        if !(16..=8192).contains(&chunking.max_tokens) {
+            return invalid(format!(
+                "chunking.max_tokens = {} is outside 16..=8192",
+                chunking.max_tokens
+            ));
+        }
+        if chunking.overlap_tokens * 2 > chunking.max_tokens {
+            return invalid(format!(
+                "chunking.overlap_tokens = {} must be at most half of max_tokens ({})",
+                chunking.overlap_tokens, chunking.max_tokens
+            ));
+        }
+        // Two tokens for [CLS] and [SEP]: a chunk must reach the model whole.
+        if chunking.max_tokens + 2 > self.embedding.max_length {
+            return invalid(format!(
+                "chunking.max_tokens = {} does not fit the model input (embedding.max_length = {}, minus 2 special tokens); lower max_tokens",
+                chunking.max_tokens, self.embedding.max_length
+            ));
+        }
+        if self.embedding.batch_size == 0 {
+            return invalid("embedding.batch_size must be at least 1".into());
+        }
+        let pipeline = &self.pipeline;
+        if pipeline.channel_depth == 0 || pipeline.commit_batch_chunks == 0 {
+            return invalid(
+                "pipeline.channel_depth and pipeline.commit_batch_chunks must be at least 1".into(),
+            );
+        }
+        if pipeline.max_document_bytes == 0 {
+            return invalid("pipeline.max_document_bytes must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn parallel_documents(&self) -> usize {
+        match self.pipeline.parallel_documents {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Absolute and without `.`/`..` components (lexically: symlinks are left alone).
+pub fn absolute(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut clean = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.chunking.max_tokens, 256);
+        assert_eq!(config.chunking.overlap_tokens, 32);
+        assert_eq!(config.data_dir, PathBuf::from(".freshet"));
+        assert_eq!(config.embedding.pooling, PoolingConfig::Mean);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = Config::parse("[chunking]\nmax_token = 100\n").unwrap_err();
+        assert!(err.to_string().contains("max_token"), "{err}");
+        let err = Config::parse(
+            "[[sources]]\ntype = \"folder\"\nid = \"a\"\npath = \".\"\nexclud = []\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("exclud"), "{err}");
+        let err = Config::parse("[[sources]]\ntype = \"ftp\"\nid = \"a\"\n").unwrap_err();
+        assert!(err.to_string().contains("ftp"), "{err}");
+    }
+
+    #[test]
+    fn validation_catches_bad_settings() {
+        let mut config = Config::parse(
+            "[[sources]]\ntype = \"folder\"\nid = \"a\"\npath = \".\"\n[[sources]]\ntype = \"folder\"\nid = \"a\"\npath = \"x\"\n",
+        )
+        .unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("share the id"));
+        config.sources.pop();
+        config.chunking.overlap_tokens = 200;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("overlap"));
+        config.chunking = ChunkingConfig {
+            max_tokens: 600,
+            overlap_tokens: 0,
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_length"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let mut config = Config::parse(
+            "data_dir = \"state\"\n[[sources]]\ntype = \"folder\"\nid = \"a\"\npath = \"docs\"\n",
+        )
+        .unwrap();
+        config.resolve_paths(Path::new("/srv/app"));
+        assert_eq!(config.data_dir, PathBuf::from("/srv/app/state"));
+        let SourceConfig::Folder(folder) = &config.sources[0];
+        assert_eq!(folder.path, PathBuf::from("/srv/app/docs"));
+        assert_eq!(
+            absolute(Path::new("/srv/app/../x/./y")),
+            PathBuf::from("/srv/x/y")
+        );
+    }
+}

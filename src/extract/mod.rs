@@ -1,0 +1,256 @@
+//! Bytes + media type -> clean text with provenance (page starts, heading paths).
+//!
+//! Invariant: extraction is a pure function of (bytes, media type, [`EXTRACTOR_VERSION`]);
+//! the same input always yields the same text, and every offset it reports points at a
+//! `char` boundary of that text.
+
+mod html;
+mod pdf;
+mod text;
+
+use serde::Serialize;
+
+pub use text::{decode_text, normalize, Decoded};
+
+/// Bumped whenever extraction output can change for the same bytes; part of the pipeline
+/// fingerprint, so a bump re-indexes affected documents.
+pub const EXTRACTOR_VERSION: u32 = 1;
+
+/// The closed set of formats freshet reads. Anything else is skipped with a reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaType {
+    Markdown,
+    PlainText,
+    Code,
+    Html,
+    Pdf,
+}
+
+impl MediaType {
+    /// Decides by file name alone, so unknown files are skipped without being read.
+    pub fn from_key(key: &str) -> Option<MediaType> {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let lower = name.to_ascii_lowercase();
+        let Some((_, ext)) = lower.rsplit_once('.') else {
+            return match lower.as_str() {
+                "readme" | "license" | "licence" | "changelog" | "authors" | "notice"
+                | "contributing" | "copying" => Some(MediaType::PlainText),
+                "makefile" | "dockerfile" | "justfile" | "rakefile" | "gemfile" => {
+                    Some(MediaType::Code)
+                }
+                _ => None,
+            };
+        };
+        Some(match ext {
+            "md" | "markdown" | "mdx" | "mkd" => MediaType::Markdown,
+            "txt" | "text" | "rst" | "adoc" | "asciidoc" | "org" | "tex" | "csv" | "tsv" => {
+                MediaType::PlainText
+            }
+            "html" | "htm" | "xhtml" => MediaType::Html,
+            "pdf" => MediaType::Pdf,
+            "rs" | "py" | "pyi" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "java"
+            | "kt" | "kts" | "scala" | "c" | "h" | "cc" | "cpp" | "cxx" | "hpp" | "hh" | "cs"
+            | "rb" | "php" | "swift" | "m" | "mm" | "sh" | "bash" | "zsh" | "fish" | "ps1"
+            | "sql" | "toml" | "yaml" | "yml" | "json" | "jsonc" | "xml" | "css" | "scss"
+            | "sass" | "less" | "lua" | "r" | "jl" | "ex" | "exs" | "erl" | "hrl" | "hs" | "ml"
+            | "mli" | "zig" | "dart" | "vue" | "svelte" | "proto" | "graphql" | "gql" | "tf"
+            | "hcl" | "ini" | "cfg" | "conf" | "gradle" | "cmake" | "nix" | "pl" | "pm" | "clj"
+            | "cljs" | "elm" | "fs" | "fsx" | "v" | "sv" | "vhd" => MediaType::Code,
+            _ => return None,
+        })
+    }
+
+    /// Whether the chunker should split along Markdown structure.
+    pub fn is_markdown_like(self) -> bool {
+        // HTML is rendered to Markdown-style headings during extraction.
+        matches!(self, MediaType::Markdown | MediaType::Html)
+    }
+}
+
+/// A document as clean text, with what is known about where each part came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Extracted {
+    pub text: String,
+    /// `(byte offset, page number)` where each page begins, ascending (PDF only).
+    pub page_starts: Vec<(usize, u32)>,
+    /// `(byte offset, heading path)` where each section begins, ascending.
+    pub sections: Vec<(usize, Vec<String>)>,
+    pub title: Option<String>,
+    /// Set when bytes had to be decoded by guessing or with replacement characters.
+    pub decode_warning: Option<String>,
+}
+
+impl Extracted {
+    /// The page a byte offset falls on.
+    pub fn page_at(&self, offset: usize) -> Option<u32> {
+        let idx = self
+            .page_starts
+            .partition_point(|(start, _)| *start <= offset);
+        idx.checked_sub(1).map(|i| self.page_starts[i].1)
+    }
+
+    /// The heading path in force at a byte offset.
+    pub fn heading_path_at(&self, offset: usize) -> &[String] {
+        let idx = self.sections.partition_point(|(start, _)| *start <= offset);
+        idx.checked_sub(1)
+            .map(|i| self.sections[i].1.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// Why a document yields nothing to index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    /// Not a failure: the document is fine but has nothing to index (empty file, unknown
+    /// type). Recorded as `skipped`.
+    #[error("{0}")]
+    Skip(String),
+    /// The content is broken or unreadable as its type. Recorded as `failed`.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Extracts clean text. Pure and CPU-bound: call it off the async runtime.
+pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError> {
+    if bytes.is_empty() {
+        return Err(ExtractError::Skip(
+            "empty file (0 bytes): nothing to index".into(),
+        ));
+    }
+    let extracted = match media {
+        MediaType::Pdf => pdf::extract(bytes)?,
+        MediaType::Html => html::extract(bytes)?,
+        MediaType::Markdown | MediaType::PlainText | MediaType::Code => {
+            let decoded = decode_text(bytes)?;
+            let text = normalize(&decoded.text, media != MediaType::Code);
+            let sections = if media == MediaType::Markdown {
+                markdown_sections(&text)
+            } else {
+                Vec::new()
+            };
+            let title = sections
+                .iter()
+                .find(|(_, path)| path.len() == 1)
+                .map(|(_, path)| path[0].clone());
+            Extracted {
+                text,
+                page_starts: Vec::new(),
+                sections,
+                title,
+                decode_warning: decoded.warning,
+            }
+        }
+    };
+    if extracted.text.trim().is_empty() {
+        return Err(ExtractError::Skip(
+            "no text after cleaning (empty or whitespace-only document)".into(),
+        ));
+    }
+    Ok(extracted)
+}
+
+/// Heading paths of ATX headings (`# Title`) outside fenced code blocks.
+pub fn markdown_sections(text: &str) -> Vec<(usize, Vec<String>)> {
+    let mut sections = Vec::new();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut fence: Option<&str> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim_start();
+        if let Some(open) = fence {
+            if trimmed.starts_with(open) {
+                fence = None;
+            }
+            continue;
+        }
+        if trimmed.starts_with("```") {
+            fence = Some("```");
+            continue;
+        }
+        if trimmed.starts_with("~~~") {
+            fence = Some("~~~");
+            continue;
+        }
+        let level = line.bytes().take_while(|b| *b == b'#').count();
+        if !(1..=6).contains(&level) {
+            continue;
+        }
+        let rest = &line[level..];
+        if !(rest.starts_with(' ') || rest.starts_with('\t') || rest.trim().is_empty()) {
+            continue;
+        }
+        let title = rest.trim().trim_end_matches('#').trim().to_string();
+        if title.is_empty() {
+            continue;
+        }
+        path.retain(|(l, _)| *l < level);
+        path.push((level, title));
+        sections.push((start, path.iter().map(|(_, t)| t.clone()).collect()));
+    }
+    sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_by_name() {
+        assert_eq!(
+            MediaType::from_key("a/b/README.md"),
+            Some(MediaType::Markdown)
+        );
+        assert_eq!(MediaType::from_key("x.HTML"), Some(MediaType::Html));
+        assert_eq!(MediaType::from_key("src/main.rs"), Some(MediaType::Code));
+        assert_eq!(MediaType::from_key("doc.pdf"), Some(MediaType::Pdf));
+        assert_eq!(MediaType::from_key("LICENSE"), Some(MediaType::PlainText));
+        assert_eq!(MediaType::from_key("photo.jpg"), None);
+        assert_eq!(MediaType::from_key("archive.tar.gz"), None);
+    }
+
+    #[test]
+    fn markdown_heading_paths_nest_and_ignore_code_fences() {
+        let text = "# A\nintro\n## B\nx\n```\n# not a heading\n```\n### C\ny\n## D\nz\n";
+        let sections = markdown_sections(text);
+        let paths: Vec<Vec<&str>> = sections
+            .iter()
+            .map(|(_, p)| p.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                vec!["A"],
+                vec!["A", "B"],
+                vec!["A", "B", "C"],
+                vec!["A", "D"]
+            ]
+        );
+        let extracted = Extracted {
+            text: text.into(),
+            page_starts: vec![],
+            sections,
+            title: None,
+            decode_warning: None,
+        };
+        assert_eq!(
+            extracted.heading_path_at(text.find("y").unwrap()),
+            ["A", "B", "C"]
+        );
+        assert!(extracted.heading_path_at(0).len() == 1);
+    }
+
+    #[test]
+    fn empty_and_whitespace_documents_are_skipped_not_failed() {
+        assert!(matches!(
+            extract(b"", MediaType::PlainText),
+            Err(ExtractError::Skip(_))
+        ));
+        assert!(matches!(
+            extract(b"  \n\n\t ", MediaType::Markdown),
+            Err(ExtractError::Skip(_))
+        ));
+    }
+}

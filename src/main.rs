@@ -1,0 +1,398 @@
+//! The `freshet` command line: sync, query and status over one data directory.
+//!
+//! Invariant: stdout carries only results (human text or, with `--json`, one JSON
+//! document); logs and progress go to stderr. Exit codes are part of the interface.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use freshet::index::{collection_path, read_index_info, LockMode};
+use freshet::ledger::Ledger;
+use freshet::pipeline::{RunReport, SyncOptions};
+use freshet::store::{EdgeStore, Filter, VectorStore};
+use freshet::telemetry::{init_logging, LiveCounters};
+use freshet::{Config, Index};
+
+/// Exit code: the run completed, but some documents failed (see the report).
+const EXIT_DOC_FAILURES: u8 = 3;
+/// Exit code: the run could not complete (bad config, missing root, store or ledger down).
+const EXIT_ERROR: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "freshet",
+    version,
+    about = "Keeps vector indexes fresh: incremental, crash-safe ingestion into Qdrant",
+    after_help = "Exit codes: 0 success, 1 error (nothing half-done is recorded), 2 usage error, \
+                  3 completed but some documents failed (they are listed; fix and re-run)."
+)]
+struct Cli {
+    /// Config file (TOML). Without one, `sync PATH` indexes PATH with defaults.
+    #[arg(long, short, global = true, env = "FRESHET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory for the ledger and the embedded index (overrides the config).
+    #[arg(long, global = true, env = "FRESHET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging (-v info, -vv debug). `RUST_LOG` overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Index what changed in the sources since the last sync; remove what is gone.
+    Sync {
+        /// A folder to index (without --config).
+        path: Option<PathBuf>,
+        /// Allow a sync to delete more than half of a source's documents.
+        #[arg(long)]
+        allow_mass_delete: bool,
+        /// Wait for another running sync instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Search the index.
+    Query {
+        text: String,
+        /// Number of results.
+        #[arg(short, long, default_value_t = 5)]
+        k: usize,
+        /// Only search this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Documents, chunks and failures per source, and the last run.
+    Status {
+        /// List this many failed documents with their reasons.
+        #[arg(long, default_value_t = 10)]
+        failures: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Sync {
+            path,
+            allow_mass_delete,
+            wait,
+        } => {
+            let config = load_config(&cli, path.as_deref(), true)?;
+            if config.sources.is_empty() {
+                bail!("nothing to sync: give a folder (`freshet sync PATH`) or a config with [[sources]]");
+            }
+            sync(&cli, config, *allow_mass_delete, *wait).await
+        }
+        Command::Query { text, k, source } => {
+            let config = load_config(&cli, None, false)?;
+            let index = Index::open_for_query(config).await?;
+            let filter = source
+                .as_ref()
+                .map(|s| Filter::default().field("source_id", s));
+            let hits = index.query(text, *k, filter).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "query": text, "hits": hits })
+                    )?
+                );
+            } else if hits.is_empty() {
+                println!("no results (is anything indexed? see `freshet status`)");
+            } else {
+                for (rank, hit) in hits.iter().enumerate() {
+                    print_hit(rank + 1, hit);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { failures } => {
+            let config = load_config(&cli, None, false)?;
+            status(&cli, &config, *failures).await
+        }
+    }
+}
+
+/// Config precedence: --config file, else `freshet.toml` in the working directory, else
+/// defaults (with PATH as the only source for `sync PATH`). --data-dir overrides.
+fn load_config(cli: &Cli, path: Option<&Path>, for_sync: bool) -> anyhow::Result<Config> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let mut config = match (&cli.config, path) {
+        (Some(_), Some(_)) => {
+            bail!("give either a PATH or --config, not both (add the folder to the config's [[sources]])")
+        }
+        (Some(file), None) => Config::load(file)?,
+        (None, Some(folder)) => {
+            let mut config = Config::for_folder(folder);
+            config.resolve_paths(&cwd);
+            config
+        }
+        (None, None) => {
+            let local = cwd.join("freshet.toml");
+            if local.is_file() {
+                Config::load(&local)?
+            } else {
+                if for_sync {
+                    bail!("nothing to sync: give a folder (`freshet sync PATH`) or --config FILE");
+                }
+                let mut config = Config::default();
+                config.resolve_paths(&cwd);
+                config
+            }
+        }
+    };
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = freshet::config::absolute(dir);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn sync(
+    cli: &Cli,
+    config: Config,
+    allow_mass_delete: bool,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let lock = if wait {
+        LockMode::WriteOrWait
+    } else {
+        LockMode::WriteOrFail
+    };
+    let index = Index::open_for_sync(config, lock).await?;
+    let live = Arc::new(LiveCounters::default());
+    let options = SyncOptions {
+        allow_mass_delete,
+        live: live.clone(),
+        ..SyncOptions::default()
+    };
+    let progress = (!cli.json && cli.verbose == 0 && std::io::stderr().is_terminal())
+        .then(|| spawn_progress(live.clone()));
+    let report = index.sync(&options).await;
+    if let Some((bar, ticker)) = progress {
+        ticker.abort();
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(match report.status.as_str() {
+        "completed" => ExitCode::SUCCESS,
+        "completed_with_failures" => ExitCode::from(EXIT_DOC_FAILURES),
+        _ => ExitCode::from(EXIT_ERROR),
+    })
+}
+
+fn spawn_progress(
+    live: Arc<LiveCounters>,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
+    let shown = bar.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            shown.set_message(format!(
+                "scanned {} · done {} · embedded {} chunks",
+                LiveCounters::get(&live.scanned),
+                LiveCounters::get(&live.finished),
+                LiveCounters::get(&live.chunks_embedded)
+            ));
+            shown.tick();
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+    });
+    (bar, ticker)
+}
+
+fn print_report(report: &RunReport) {
+    for s in &report.sources {
+        println!("source {}", s.source_id);
+        println!(
+            "  scanned {}  unchanged {}  added {}  updated {}  deleted {}  failed {}  skipped {}",
+            s.scanned,
+            s.unchanged + s.content_unchanged,
+            s.added,
+            s.updated,
+            s.deleted,
+            s.failed,
+            s.skipped
+        );
+        println!(
+            "  embedded {} chunks  upserted {} points  deleted {} points",
+            s.chunks_embedded, s.points_upserted, s.points_deleted
+        );
+        if !s.scan_complete && s.error.is_none() {
+            println!("  scan incomplete: deletions were not applied");
+        }
+        if let Some(err) = &s.error {
+            println!("  error: {err}");
+        }
+    }
+    if !report.failures.is_empty() {
+        println!("failed documents (fix them and sync again; they are retried when they change):");
+        for f in &report.failures {
+            println!("  {} {}: {}", f.source_id, f.doc_key, f.reason);
+        }
+    }
+    println!(
+        "run {} {} in {:.1}s",
+        report.run_id,
+        report.status,
+        report.duration_ms as f64 / 1000.0
+    );
+}
+
+fn print_hit(rank: usize, hit: &freshet::store::Hit) {
+    let p = &hit.payload;
+    let text = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let mut location = text("doc_key").to_string();
+    if let Some(page) = p.get("page").and_then(|v| v.as_u64()) {
+        location.push_str(&format!(" (page {page})"));
+    }
+    let headings: Vec<&str> = p
+        .get("heading_path")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "{rank}. {:.3}  {}  [{}]",
+        hit.score,
+        location,
+        text("source_id")
+    );
+    if !headings.is_empty() {
+        println!("   § {}", headings.join(" > "));
+    }
+    let snippet: String = text("text")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let snippet: String = snippet.chars().take(240).collect();
+    println!("   {snippet}");
+}
+
+async fn status(cli: &Cli, config: &Config, failure_limit: usize) -> anyhow::Result<ExitCode> {
+    let ledger_path = freshet::index::ledger_path(&config.data_dir);
+    if !ledger_path.is_file() {
+        bail!(
+            "no index in {} yet; run `freshet sync` first",
+            config.data_dir.display()
+        );
+    }
+    let ledger = Ledger::open_sqlite(&ledger_path).await?;
+    let summaries = ledger.summaries().await?;
+    let runs = ledger.recent_runs(1).await?;
+    let failures = ledger.failures(None, failure_limit).await?;
+    let info = read_index_info(&config.data_dir)?;
+    // The store can only be opened while no sync writes it; a busy store is reported, not
+    // waited for.
+    let points = match &info {
+        Some(info) => match freshet::index::DataDirLock::try_read(&config.data_dir) {
+            Some(_lock) => {
+                match EdgeStore::open_existing(&collection_path(&config.data_dir, &info.collection))
+                    .await?
+                {
+                    Some(store) => Some(store.count(None).await?),
+                    None => None,
+                }
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if cli.json {
+        let failures: Vec<_> = failures
+            .iter()
+            .map(|f| serde_json::json!({"source_id": f.source_id, "doc_key": f.doc_key, "reason": f.reason, "updated_at": f.updated_at}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "data_dir": config.data_dir,
+                "index": info,
+                "points": points,
+                "sources": summaries,
+                "last_run": runs.first(),
+                "failures": failures,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("data dir {}", config.data_dir.display());
+    if let Some(info) = &info {
+        match points {
+            Some(n) => println!(
+                "index    {} ({} points, model {}, {} dims)",
+                info.collection, n, info.model_id, info.dim
+            ),
+            None => println!(
+                "index    {} (point count unavailable while a sync runs)",
+                info.collection
+            ),
+        }
+    }
+    for s in &summaries {
+        println!(
+            "source {}: {} documents ({} indexed, {} failed, {} skipped), {} chunks",
+            s.source_id, s.documents, s.indexed, s.failed, s.skipped, s.chunks
+        );
+    }
+    if let Some(run) = runs.first() {
+        println!(
+            "last run {}: {} (started {}, finished {})",
+            run.id,
+            run.status,
+            run.started_at,
+            run.finished_at.as_deref().unwrap_or("-")
+        );
+    }
+    if !failures.is_empty() {
+        println!("failed documents:");
+        for f in &failures {
+            println!(
+                "  {} {}: {}",
+                f.source_id,
+                f.doc_key,
+                f.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,904 @@
+//! The one pipeline: a source's change stream becomes committed batches (gate -> read,
+//! extract, chunk -> embed -> store -> ledger), then a sweep removes what the scan no
+//! longer saw.
+//!
+//! Invariant: per batch, points are upserted (applied and durable), then the documents'
+//! stale points are deleted, then the ledger rows are committed in one transaction. A
+//! crash at any step leaves the ledger behind the store, never ahead of it, and the next
+//! run redoes the affected documents.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use freshet_connectors::{
+    content_hash, Change, FolderSource, FolderSourceOptions, RawDoc, Source, SourceContext,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::chunk::{Chunk, Chunker};
+use crate::config::SourceConfig;
+use crate::embed::Embedder;
+use crate::extract::{extract, ExtractError, MediaType};
+use crate::index::Index;
+use crate::ledger::{now, DocRecord, DocStatus, Ledger};
+use crate::store::{Payload, Point, PointId, VectorStore};
+use crate::telemetry::LiveCounters;
+use crate::{Error, Result};
+
+/// Changes looked up in the ledger at once (one query) at the gate.
+const GATE_BATCH: usize = 256;
+/// Prepared documents waiting for the embedder. Bounds memory: each holds its chunks.
+const PREPARED_QUEUE: usize = 64;
+/// Embedded batches waiting for the store and ledger; 1 lets batch n commit while n+1
+/// embeds.
+const COMMIT_QUEUE: usize = 1;
+/// Ledger keys read per page during the deletion sweep.
+const SWEEP_PAGE: usize = 1000;
+/// Attempts for a transient store or ledger error before the run gives up (nothing is
+/// marked done for the batch).
+const MAX_ATTEMPTS: u32 = 8;
+/// Share of a source's documents a sync may delete without `--allow-mass-delete`.
+pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
+
+/// Fixed namespace for point ids: ids are UUIDv5 over (source, document, chunk index).
+const POINT_NAMESPACE: Uuid = Uuid::from_u128(0x6f1e_2b0c_9a4d_4c53_8e21_f4e5_d6a7_b8c9);
+
+/// The stable id of a chunk's point.
+pub fn point_id(source_id: &str, doc_key: &str, chunk_index: u32) -> PointId {
+    let name = format!("{source_id}\u{1f}{doc_key}\u{1f}{chunk_index}");
+    Uuid::new_v5(&POINT_NAMESPACE, name.as_bytes())
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub allow_mass_delete: bool,
+    pub max_delete_share: f64,
+    pub live: Arc<LiveCounters>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            allow_mass_delete: false,
+            max_delete_share: DEFAULT_MAX_DELETE_SHARE,
+            live: Arc::default(),
+        }
+    }
+}
+
+/// What one source's sync did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceStats {
+    pub source_id: String,
+    /// Documents the scan reported.
+    pub scanned: u64,
+    /// Skipped at the gate: same version hint and pipeline fingerprint, not read.
+    pub unchanged: u64,
+    /// Read because the version hint changed, but the content hash was the same.
+    pub content_unchanged: u64,
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub chunks_embedded: u64,
+    pub points_upserted: u64,
+    pub points_deleted: u64,
+    /// Whether the scan finished, so deletions were applied.
+    pub scan_complete: bool,
+    pub error: Option<String>,
+}
+
+/// A failed document, for reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureNote {
+    pub source_id: String,
+    pub doc_key: String,
+    pub reason: String,
+}
+
+/// What a sync did, as printed by `freshet sync --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    pub run_id: i64,
+    /// `completed`, `completed_with_failures` or `failed`.
+    pub status: String,
+    pub duration_ms: u64,
+    pub sources: Vec<SourceStats>,
+    pub totals: SourceStats,
+    /// Documents that failed in this run (at most [`MAX_REPORTED_FAILURES`]).
+    pub failures: Vec<FailureNote>,
+    pub error: Option<String>,
+}
+
+pub const MAX_REPORTED_FAILURES: usize = 100;
+
+/// A unit of work for one document after the gate.
+#[derive(Debug)]
+enum Work {
+    /// New or changed content: embed these chunks and replace the document's points.
+    Index(PreparedDoc),
+    /// Write this ledger row only (no points change).
+    Record { record: DocRecord, outcome: Outcome },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    ContentUnchanged,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug)]
+struct PreparedDoc {
+    key: String,
+    version: String,
+    hash: String,
+    media: MediaType,
+    title: Option<String>,
+    decode_warning: Option<String>,
+    chunks: Vec<Chunk>,
+    prior: Option<DocRecord>,
+}
+
+/// A batch ready for the store: prepared documents with one vector per chunk.
+struct EmbeddedBatch {
+    docs: Vec<(PreparedDoc, Vec<Vec<f32>>)>,
+    records: Vec<(DocRecord, Outcome)>,
+}
+
+/// Shared, read-only context of one source's sync.
+struct Ctx {
+    source_id: String,
+    fingerprint: String,
+    ledger: Ledger,
+    embedder: Arc<dyn Embedder>,
+    chunker: Arc<Chunker>,
+    store: Arc<dyn VectorStore>,
+    max_document_bytes: u64,
+    parallel_documents: usize,
+    commit_batch_chunks: usize,
+    live: Arc<LiveCounters>,
+}
+
+impl Index {
+    /// Syncs every configured source once: index what changed, remove what is gone.
+    pub async fn sync(&self, options: &SyncOptions) -> Result<RunReport> {
+        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        for source in &self.config.sources {
+            sources.push(build_source(source)?);
+        }
+        self.sync_sources(sources, options).await
+    }
+
+    /// Syncs these sources once, recording one run. Library users can bring their own
+    /// [`Source`] implementations.
+    pub async fn sync_sources(
+        &self,
+        sources: Vec<Box<dyn Source>>,
+        options: &SyncOptions,
+    ) -> Result<RunReport> {
+        let started = Instant::now();
+        let source_ids: Vec<String> = sources.iter().map(|s| s.id().to_string()).collect();
+        let run_id = self.ledger.start_run(&source_ids).await?;
+        let mut stats_per_source = Vec::new();
+        let mut failures = Vec::new();
+        let mut first_error = None;
+        for source in sources {
+            let source_id = source.id().to_string();
+            let (stats, source_failures) = match self.sync_source(source, options).await {
+                Ok(done) => done,
+                Err(err) => {
+                    tracing::error!(source = %source_id, error = %err, "source sync failed");
+                    let stats = SourceStats {
+                        source_id,
+                        error: Some(err.to_string()),
+                        ..SourceStats::default()
+                    };
+                    (stats, Vec::new())
+                }
+            };
+            if first_error.is_none() {
+                first_error = stats.error.clone();
+            }
+            failures.extend(source_failures);
+            stats_per_source.push(stats);
+        }
+        let totals = totals(&stats_per_source);
+        let status = if first_error.is_some() {
+            "failed"
+        } else if totals.failed > 0 {
+            "completed_with_failures"
+        } else {
+            "completed"
+        };
+        failures.truncate(MAX_REPORTED_FAILURES);
+        let report = RunReport {
+            run_id,
+            status: status.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            sources: stats_per_source,
+            totals,
+            failures,
+            error: first_error,
+        };
+        let stats = serde_json::to_value(&report).expect("report serializes");
+        self.ledger
+            .finish_run(run_id, status, &stats, report.error.as_deref())
+            .await?;
+        Ok(report)
+    }
+
+    async fn sync_source(
+        &self,
+        source: Box<dyn Source>,
+        options: &SyncOptions,
+    ) -> Result<(SourceStats, Vec<FailureNote>)> {
+        let ctx = Arc::new(Ctx {
+            source_id: source.id().to_string(),
+            fingerprint: self.fingerprint(),
+            ledger: self.ledger.clone(),
+            embedder: self.embedder.clone(),
+            chunker: self.chunker.clone(),
+            store: self.store.clone(),
+            max_document_bytes: self.config.pipeline.max_document_bytes,
+            parallel_documents: self.config.parallel_documents(),
+            commit_batch_chunks: self.config.pipeline.commit_batch_chunks,
+            live: options.live.clone(),
+        });
+
+        let (change_tx, change_rx) = mpsc::channel(self.config.pipeline.channel_depth);
+        let (work_tx, work_rx) = mpsc::channel(PREPARED_QUEUE);
+        let (batch_tx, batch_rx) = mpsc::channel(COMMIT_QUEUE);
+        let cancel = CancellationToken::new();
+        let source_cx = SourceContext {
+            changes: change_tx,
+            cancel: cancel.clone(),
+            follow: false,
+        };
+
+        let source_run = source.run(source_cx);
+        let gate = gate_and_prepare(ctx.clone(), change_rx, work_tx);
+        let embed = embed_batches(ctx.clone(), work_rx, batch_tx);
+        let commit = commit_batches(ctx.clone(), batch_rx);
+        let (source_result, gate_result, embed_result, commit_result) =
+            tokio::join!(source_run, gate, embed, commit);
+
+        let gate = gate_result?;
+        embed_result?;
+        let (mut stats, failures) = commit_result?;
+        stats.source_id = ctx.source_id.clone();
+        stats.scanned = gate.scanned;
+        stats.unchanged = gate.unchanged;
+        if let Err(err) = source_result {
+            // The scan did not finish: what it reported is indexed, nothing is deleted.
+            stats.error = Some(err.to_string());
+            return Ok((stats, failures));
+        }
+        if gate.scan_complete {
+            stats.scan_complete = true;
+            sweep(&ctx, &gate.seen, options, &mut stats).await?;
+        }
+        Ok((stats, failures))
+    }
+}
+
+/// The source a config entry describes.
+pub fn build_source(source: &SourceConfig) -> Result<Box<dyn Source>> {
+    Ok(match source {
+        SourceConfig::Folder(folder) => Box::new(FolderSource::new(
+            folder.id.clone(),
+            folder.path.clone(),
+            FolderSourceOptions {
+                include: folder.include.clone(),
+                exclude: folder.exclude.clone(),
+                respect_gitignore: folder.respect_gitignore,
+                include_hidden: folder.include_hidden,
+            },
+        )?),
+    })
+}
+
+fn totals(sources: &[SourceStats]) -> SourceStats {
+    let mut t = SourceStats {
+        source_id: "*".into(),
+        scan_complete: sources.iter().all(|s| s.scan_complete),
+        ..SourceStats::default()
+    };
+    for s in sources {
+        t.scanned += s.scanned;
+        t.unchanged += s.unchanged;
+        t.content_unchanged += s.content_unchanged;
+        t.added += s.added;
+        t.updated += s.updated;
+        t.deleted += s.deleted;
+        t.failed += s.failed;
+        t.skipped += s.skipped;
+        t.chunks_embedded += s.chunks_embedded;
+        t.points_upserted += s.points_upserted;
+        t.points_deleted += s.points_deleted;
+    }
+    t
+}
+
+/// What the gate learned from the scan.
+struct GateOutcome {
+    /// Hashes of every key the scan reported (16 bytes a document, not the keys).
+    seen: HashSet<u128>,
+    scan_complete: bool,
+    scanned: u64,
+    unchanged: u64,
+}
+
+fn key_hash(key: &str) -> u128 {
+    let hash = blake3::hash(key.as_bytes());
+    u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+/// Stage 1: asks the ledger about each reported document, skips unchanged ones without
+/// reading them, and reads, extracts and chunks the rest on the blocking pool.
+async fn gate_and_prepare(
+    ctx: Arc<Ctx>,
+    mut changes: mpsc::Receiver<Change>,
+    work: mpsc::Sender<Work>,
+) -> Result<GateOutcome> {
+    let mut outcome = GateOutcome {
+        seen: HashSet::new(),
+        scan_complete: false,
+        scanned: 0,
+        unchanged: 0,
+    };
+    let mut in_flight: JoinSet<Work> = JoinSet::new();
+    let mut buffer = Vec::with_capacity(GATE_BATCH);
+    while let Some(first) = changes.recv().await {
+        buffer.push(first);
+        while buffer.len() < GATE_BATCH {
+            match changes.try_recv() {
+                Ok(change) => buffer.push(change),
+                Err(_) => break,
+            }
+        }
+        let mut upserts = Vec::new();
+        for change in buffer.drain(..) {
+            match change {
+                Change::Upsert(doc) => upserts.push(doc),
+                Change::ScanComplete => outcome.scan_complete = true,
+                // Folder scans report deletions by omission (the sweep); explicit deletes
+                // come from watchers, which a one-off sync does not run.
+                Change::Delete(_) => {}
+            }
+        }
+        if upserts.is_empty() {
+            continue;
+        }
+        let keys: Vec<&str> = upserts.iter().map(|d| d.key.as_str()).collect();
+        let mut known = ctx.ledger.lookup(&ctx.source_id, &keys).await?;
+        outcome.scanned += upserts.len() as u64;
+        LiveCounters::add(&ctx.live.scanned, upserts.len() as u64);
+        for doc in upserts {
+            outcome.seen.insert(key_hash(&doc.key));
+            let prior = known.remove(&doc.key);
+            if let Some(prior) = &prior {
+                if prior.version_hint == doc.version && prior.fingerprint == ctx.fingerprint {
+                    outcome.unchanged += 1;
+                    LiveCounters::add(&ctx.live.finished, 1);
+                    continue;
+                }
+            }
+            while in_flight.len() >= ctx.parallel_documents {
+                let done = in_flight.join_next().await.expect("set is not empty");
+                send(&work, done.map_err(|e| Error::Task(e.to_string()))?).await?;
+            }
+            let ctx = ctx.clone();
+            in_flight.spawn_blocking(move || prepare(&ctx, doc, prior));
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        send(&work, done.map_err(|e| Error::Task(e.to_string()))?).await?;
+    }
+    Ok(outcome)
+}
+
+async fn send<T>(tx: &mpsc::Sender<T>, item: T) -> Result<()> {
+    tx.send(item)
+        .await
+        .map_err(|_| Error::Task("a later pipeline stage stopped".into()))
+}
+
+/// Reads, hashes, extracts and chunks one document (blocking).
+fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
+    let record =
+        |status: DocStatus, reason: String, hash: Option<String>, media: Option<MediaType>| {
+            let prior = prior.as_ref();
+            DocRecord {
+                source_id: ctx.source_id.clone(),
+                doc_key: doc.key.clone(),
+                version_hint: doc.version.clone(),
+                content_hash: hash,
+                fingerprint: ctx.fingerprint.clone(),
+                status,
+                reason: Some(reason),
+                media_type: media.map(|m| media_name(m).to_string()),
+                // A document that fails keeps serving its previous points until it is fixed.
+                point_ids: prior.map(|p| p.point_ids.clone()).unwrap_or_default(),
+                chunk_hashes: prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default(),
+                decode_warning: None,
+                first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
+                updated_at: now(),
+            }
+        };
+    let Some(media) = MediaType::from_key(&doc.key) else {
+        let ext = doc.key.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+        let reason = if ext.is_empty() {
+            "unsupported file type (no extension); add it to `exclude` to silence this".to_string()
+        } else {
+            format!("unsupported file type (.{ext}); add it to `exclude` to silence this")
+        };
+        return Work::Record {
+            record: record(DocStatus::Skipped, reason, None, None),
+            outcome: Outcome::Skipped,
+        };
+    };
+    let bytes = match doc.content.read(ctx.max_document_bytes) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return Work::Record {
+                record: record(DocStatus::Failed, err.to_string(), None, Some(media)),
+                outcome: Outcome::Failed,
+            }
+        }
+    };
+    let hash = content_hash(&bytes);
+    if let Some(p) = &prior {
+        if p.status == DocStatus::Indexed
+            && p.content_hash.as_deref() == Some(hash.as_str())
+            && p.fingerprint == ctx.fingerprint
+        {
+            let mut same = p.clone();
+            same.version_hint = doc.version.clone();
+            same.updated_at = now();
+            return Work::Record {
+                record: same,
+                outcome: Outcome::ContentUnchanged,
+            };
+        }
+    }
+    // Parsers of untrusted bytes can panic; one bad document must not end the run.
+    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        extract(&bytes, media).map(|extracted| {
+            let chunks = ctx.chunker.chunk(&extracted, media);
+            (extracted, chunks)
+        })
+    }));
+    drop(bytes);
+    match parsed {
+        Ok(Ok((extracted, chunks))) => {
+            if chunks.is_empty() {
+                return Work::Record {
+                    record: record(
+                        DocStatus::Skipped,
+                        "no text to index after cleaning".into(),
+                        Some(hash),
+                        Some(media),
+                    ),
+                    outcome: Outcome::Skipped,
+                };
+            }
+            Work::Index(PreparedDoc {
+                key: doc.key,
+                version: doc.version,
+                hash,
+                media,
+                title: extracted.title,
+                decode_warning: extracted.decode_warning,
+                chunks,
+                prior,
+            })
+        }
+        Ok(Err(ExtractError::Skip(reason))) => Work::Record {
+            record: record(DocStatus::Skipped, reason, Some(hash), Some(media)),
+            outcome: Outcome::Skipped,
+        },
+        Ok(Err(ExtractError::Invalid(reason))) => Work::Record {
+            record: record(DocStatus::Failed, reason, Some(hash), Some(media)),
+            outcome: Outcome::Failed,
+        },
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Work::Record {
+                record: record(
+                    DocStatus::Failed,
+                    format!("the {} parser crashed on this document ({what}); please report it with the file", media_name(media)),
+                    Some(hash),
+                    Some(media),
+                ),
+                outcome: Outcome::Failed,
+            }
+        }
+    }
+}
+
+fn media_name(media: MediaType) -> &'static str {
+    match media {
+        MediaType::Markdown => "markdown",
+        MediaType::PlainText => "text",
+        MediaType::Code => "code",
+        MediaType::Html => "html",
+        MediaType::Pdf => "pdf",
+    }
+}
+
+/// Stage 2: groups prepared documents into batches of about `commit_batch_chunks` chunks
+/// and embeds each batch on the blocking pool, while stage 1 prepares the next.
+async fn embed_batches(
+    ctx: Arc<Ctx>,
+    mut work: mpsc::Receiver<Work>,
+    batches: mpsc::Sender<EmbeddedBatch>,
+) -> Result<()> {
+    while let Some(first) = work.recv().await {
+        let mut docs = Vec::new();
+        let mut records = Vec::new();
+        let mut chunk_count = 0;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Work::Index(doc) => {
+                    chunk_count += doc.chunks.len();
+                    docs.push(doc);
+                }
+                Work::Record { record, outcome } => records.push((record, outcome)),
+            }
+            if chunk_count < ctx.commit_batch_chunks && records.len() < GATE_BATCH {
+                next = work.try_recv().ok();
+            }
+        }
+        let embedded = embed_docs(&ctx, docs, &mut records).await?;
+        send(
+            &batches,
+            EmbeddedBatch {
+                docs: embedded,
+                records,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Embeds every chunk of `docs` in one call; if that fails, document by document, so a
+/// document the model cannot take fails alone.
+async fn embed_docs(
+    ctx: &Arc<Ctx>,
+    docs: Vec<PreparedDoc>,
+    records: &mut Vec<(DocRecord, Outcome)>,
+) -> Result<Vec<(PreparedDoc, Vec<Vec<f32>>)>> {
+    if docs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let embedder = ctx.embedder.clone();
+    let (docs, result) = tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = docs
+            .iter()
+            .flat_map(|d| d.chunks.iter().map(|c| c.embed_text.as_str()))
+            .collect();
+        let result = embedder.embed(&texts);
+        (docs, result)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?;
+    let vectors = match result {
+        Ok(vectors) => vectors,
+        Err(err) if docs.len() == 1 => {
+            let doc = docs.into_iter().next().expect("one doc");
+            tracing::warn!(source = %ctx.source_id, key = %doc.key, error = %err, "embedding failed");
+            records.push((
+                failed_embedding(ctx, &doc, &err.to_string()),
+                Outcome::Failed,
+            ));
+            return Ok(Vec::new());
+        }
+        Err(err) => {
+            tracing::warn!(source = %ctx.source_id, error = %err, "batch embedding failed; retrying document by document");
+            let mut out = Vec::new();
+            for doc in docs {
+                out.extend(Box::pin(embed_docs(ctx, vec![doc], records)).await?);
+            }
+            return Ok(out);
+        }
+    };
+    LiveCounters::add(&ctx.live.chunks_embedded, vectors.len() as u64);
+    let mut vectors = vectors.into_iter();
+    Ok(docs
+        .into_iter()
+        .map(|doc| {
+            let mine: Vec<Vec<f32>> = vectors.by_ref().take(doc.chunks.len()).collect();
+            (doc, mine)
+        })
+        .collect())
+}
+
+fn failed_embedding(ctx: &Ctx, doc: &PreparedDoc, reason: &str) -> DocRecord {
+    DocRecord {
+        source_id: ctx.source_id.clone(),
+        doc_key: doc.key.clone(),
+        version_hint: doc.version.clone(),
+        content_hash: Some(doc.hash.clone()),
+        fingerprint: ctx.fingerprint.clone(),
+        status: DocStatus::Failed,
+        reason: Some(format!(
+            "the embedding model rejected this document: {reason}"
+        )),
+        media_type: Some(media_name(doc.media).to_string()),
+        point_ids: doc
+            .prior
+            .as_ref()
+            .map(|p| p.point_ids.clone())
+            .unwrap_or_default(),
+        chunk_hashes: doc
+            .prior
+            .as_ref()
+            .map(|p| p.chunk_hashes.clone())
+            .unwrap_or_default(),
+        decode_warning: doc.decode_warning.clone(),
+        first_indexed_at: doc.prior.as_ref().and_then(|p| p.first_indexed_at.clone()),
+        updated_at: now(),
+    }
+}
+
+/// Stage 3: for each batch, upsert points, delete stale points, commit the ledger, in that
+/// order (the ledger protocol).
+async fn commit_batches(
+    ctx: Arc<Ctx>,
+    mut batches: mpsc::Receiver<EmbeddedBatch>,
+) -> Result<(SourceStats, Vec<FailureNote>)> {
+    let mut stats = SourceStats::default();
+    let mut failures = Vec::new();
+    while let Some(batch) = batches.recv().await {
+        let indexed_at = now();
+        let mut points = Vec::new();
+        let mut stale = Vec::new();
+        let mut records = Vec::new();
+        for (doc, vectors) in batch.docs {
+            let ids: Vec<PointId> = doc
+                .chunks
+                .iter()
+                .map(|c| point_id(&ctx.source_id, &doc.key, c.index))
+                .collect();
+            if let Some(prior) = &doc.prior {
+                let keep: HashSet<&PointId> = ids.iter().collect();
+                stale.extend(
+                    prior
+                        .point_ids
+                        .iter()
+                        .filter(|id| !keep.contains(id))
+                        .copied(),
+                );
+            }
+            for ((chunk, vector), id) in doc.chunks.iter().zip(vectors).zip(&ids) {
+                points.push(Point {
+                    id: *id,
+                    vector,
+                    payload: payload(&ctx, &doc, chunk, &indexed_at),
+                });
+            }
+            match &doc.prior {
+                Some(p) if !p.point_ids.is_empty() || p.status == DocStatus::Indexed => {
+                    stats.updated += 1
+                }
+                _ => stats.added += 1,
+            }
+            stats.chunks_embedded += doc.chunks.len() as u64;
+            records.push(DocRecord {
+                source_id: ctx.source_id.clone(),
+                doc_key: doc.key.clone(),
+                version_hint: doc.version.clone(),
+                content_hash: Some(doc.hash.clone()),
+                fingerprint: ctx.fingerprint.clone(),
+                status: DocStatus::Indexed,
+                reason: None,
+                media_type: Some(media_name(doc.media).to_string()),
+                chunk_hashes: doc.chunks.iter().map(|c| c.hash.clone()).collect(),
+                point_ids: ids,
+                decode_warning: doc.decode_warning.clone(),
+                first_indexed_at: Some(
+                    doc.prior
+                        .as_ref()
+                        .and_then(|p| p.first_indexed_at.clone())
+                        .unwrap_or_else(|| indexed_at.clone()),
+                ),
+                updated_at: indexed_at.clone(),
+            });
+        }
+        for (record, outcome) in batch.records {
+            match outcome {
+                Outcome::ContentUnchanged => stats.content_unchanged += 1,
+                Outcome::Skipped => stats.skipped += 1,
+                Outcome::Failed => {
+                    stats.failed += 1;
+                    failures.push(FailureNote {
+                        source_id: record.source_id.clone(),
+                        doc_key: record.doc_key.clone(),
+                        reason: record.reason.clone().unwrap_or_default(),
+                    });
+                    tracing::warn!(source = %record.source_id, key = %record.doc_key, reason = record.reason.as_deref().unwrap_or(""), "document failed");
+                }
+            }
+            records.push(record);
+        }
+        let upserted = points.len() as u64;
+        let deleted = stale.len() as u64;
+        let store = ctx.store.clone();
+        retry("store upsert", || {
+            let store = store.clone();
+            let points = points.clone();
+            async move { store.upsert(points).await.map_err(Error::from) }
+        })
+        .await?;
+        retry("store delete", || {
+            let store = store.clone();
+            let stale = stale.clone();
+            async move { store.delete(stale).await.map_err(Error::from) }
+        })
+        .await?;
+        retry("ledger commit", || {
+            let ledger = ctx.ledger.clone();
+            let records = &records;
+            async move { ledger.commit(records).await.map_err(Error::from) }
+        })
+        .await?;
+        stats.points_upserted += upserted;
+        stats.points_deleted += deleted;
+        LiveCounters::add(&ctx.live.finished, records.len() as u64);
+        tracing::debug!(source = %ctx.source_id, docs = records.len(), points = upserted, stale = deleted, "batch committed");
+    }
+    Ok((stats, failures))
+}
+
+fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Payload {
+    let serde_json::Value::Object(map) = serde_json::json!({
+        "source_id": ctx.source_id,
+        "doc_key": doc.key,
+        "chunk_index": chunk.index,
+        "text": chunk.text,
+        "byte_start": chunk.byte_start,
+        "byte_end": chunk.byte_end,
+        "page": chunk.page,
+        "page_end": chunk.page_end,
+        "heading_path": chunk.heading_path,
+        "title": doc.title,
+        "media_type": media_name(doc.media),
+        "content_hash": doc.hash,
+        "chunk_hash": chunk.hash,
+        "fingerprint": ctx.fingerprint,
+        "decode_warning": doc.decode_warning,
+        "indexed_at": indexed_at,
+    }) else {
+        unreachable!("json! object literal")
+    };
+    map
+}
+
+/// Runs a store or ledger step, retrying transient errors with capped exponential backoff.
+/// Permanent errors and exhausted retries stop the run: nothing is marked done.
+async fn retry<F, Fut>(what: &str, mut step: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_transient() && attempt < MAX_ATTEMPTS => {
+                tracing::warn!(step = what, attempt, error = %err, "transient failure; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// After a complete scan: documents in the ledger that the scan did not report are gone
+/// from the source; their points and rows are removed, behind the mass-deletion guard.
+async fn sweep(
+    ctx: &Ctx,
+    seen: &HashSet<u128>,
+    options: &SyncOptions,
+    stats: &mut SourceStats,
+) -> Result<()> {
+    let mut gone = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx
+            .ledger
+            .keys_page(&ctx.source_id, after.as_deref(), SWEEP_PAGE)
+            .await?;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        gone.extend(page.into_iter().filter(|k| !seen.contains(&key_hash(k))));
+        after = Some(last);
+    }
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let total = ctx.ledger.document_count(&ctx.source_id).await? as usize;
+    let share = gone.len() as f64 / total.max(1) as f64;
+    if share > options.max_delete_share && !options.allow_mass_delete {
+        return Err(Error::MassDelete {
+            source_id: ctx.source_id.clone(),
+            would_delete: gone.len(),
+            total,
+            share: share * 100.0,
+            limit: options.max_delete_share * 100.0,
+        });
+    }
+    for keys in gone.chunks(GATE_BATCH) {
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let records = ctx.ledger.lookup(&ctx.source_id, &refs).await?;
+        let ids: Vec<PointId> = records
+            .values()
+            .flat_map(|r| r.point_ids.iter().copied())
+            .collect();
+        let count = ids.len() as u64;
+        let store = ctx.store.clone();
+        retry("store delete", || {
+            let store = store.clone();
+            let ids = ids.clone();
+            async move { store.delete(ids).await.map_err(Error::from) }
+        })
+        .await?;
+        retry("ledger remove", || {
+            let ledger = ctx.ledger.clone();
+            async move {
+                ledger
+                    .remove(&ctx.source_id, keys)
+                    .await
+                    .map_err(Error::from)
+            }
+        })
+        .await?;
+        stats.deleted += keys.len() as u64;
+        stats.points_deleted += count;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_ids_are_stable_and_distinct() {
+        let a = point_id("docs", "a.md", 0);
+        assert_eq!(a, point_id("docs", "a.md", 0));
+        // Pinned: ids must not change between releases, or every index re-uploads and
+        // old points become orphans.
+        assert_eq!(a.to_string(), "16ccd63d-9176-53d8-a47e-c8bbd26d624a");
+        assert_eq!(a.get_version_num(), 5);
+        assert_ne!(a, point_id("docs", "a.md", 1));
+        assert_ne!(a, point_id("docs", "b.md", 0));
+        assert_ne!(a, point_id("other", "a.md", 0));
+        // The separator keeps (source, key) pairs from colliding by concatenation.
+        assert_ne!(point_id("a", "bc", 0), point_id("ab", "c", 0));
+    }
+
+    #[test]
+    fn key_hashes_differ_for_different_keys() {
+        assert_eq!(key_hash("a/b.md"), key_hash("a/b.md"));
+        assert_ne!(key_hash("a/b.md"), key_hash("a/b.mD"));
+    }
+}

@@ -1,0 +1,299 @@
+//! The embedded vector store: a `qdrant-edge` shard on disk under the data directory.
+//!
+//! Invariant: every write is flushed (segments and WAL synced) before it returns, because
+//! an edge shard does not replay its WAL on load: an unflushed write would be lost in a
+//! crash while the ledger already vouched for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use qdrant_edge::{
+    Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldCondition,
+    JsonPath, PointId as EdgePointId, PointInsertOperations, PointOperations, PointStruct,
+    QueryEnum, ScrollRequest, SearchRequest, UpdateOperation, WithPayloadInterface, WithVector,
+};
+
+use super::{Filter, Hit, Payload, Point, PointId, StoreError, StoredPoint, VectorStore};
+
+/// An edge shard never truncates its write-ahead log and never reads it back, so freshet
+/// drops it on open once it grows past this size (all writes were flushed to segments).
+const WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
+
+pub struct EdgeStore {
+    path: PathBuf,
+    shard: Arc<EdgeShard>,
+}
+
+impl std::fmt::Debug for EdgeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl EdgeStore {
+    /// Opens the collection at `path`, creating it for `dim`-dimensional cosine vectors if
+    /// it does not exist yet.
+    pub async fn open(path: &Path, dim: usize) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let open_path = path.clone();
+        let shard = blocking(move || open_shard(&open_path, dim)).await??;
+        let store = Self {
+            path,
+            shard: Arc::new(shard),
+        };
+        store.ensure_collection(dim).await?;
+        Ok(store)
+    }
+
+    /// Opens an existing collection for reading; `None` when nothing was indexed yet.
+    pub async fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
+        if !path.join("edge_config.json").is_file() {
+            return Ok(None);
+        }
+        let path = path.to_path_buf();
+        let open_path = path.clone();
+        let shard = blocking(move || {
+            EdgeShard::load(&open_path, None).map_err(|err| StoreError::Open {
+                path: open_path.display().to_string(),
+                reason: err.to_string(),
+            })
+        })
+        .await??;
+        Ok(Some(Self {
+            path,
+            shard: Arc::new(shard),
+        }))
+    }
+
+    pub fn dim(&self) -> Option<usize> {
+        self.shard.config().vectors.get("").map(|v| v.size)
+    }
+
+    async fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
+        let shard = self.shard.clone();
+        blocking(move || {
+            shard
+                .update(operation)
+                .map_err(|err| StoreError::Operation(err.to_string()))?;
+            shard.flush();
+            Ok(())
+        })
+        .await?
+    }
+}
+
+fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(path).map_err(|err| open_err(err.to_string()))?;
+    reset_oversized_wal(path);
+    if path.join("edge_config.json").is_file() {
+        EdgeShard::load(path, None).map_err(|err| open_err(err.to_string()))
+    } else {
+        let config = EdgeConfig::builder()
+            .vector("", EdgeVectorParams::builder(dim, Distance::Cosine).build())
+            .on_disk_payload(true)
+            .build();
+        EdgeShard::new(path, config).map_err(|err| open_err(err.to_string()))
+    }
+}
+
+fn reset_oversized_wal(path: &Path) {
+    let wal = path.join("wal");
+    let Ok(entries) = std::fs::read_dir(&wal) else {
+        return;
+    };
+    let size: u64 = entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    if size > WAL_RESET_BYTES {
+        if let Err(err) = std::fs::remove_dir_all(&wal) {
+            tracing::warn!(path = %wal.display(), error = %err, "could not reset the store's write-ahead log");
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| StoreError::Operation(format!("store task failed: {err}")))
+}
+
+fn to_edge_filter(filter: Option<Filter>) -> Option<qdrant_edge::Filter> {
+    let filter = filter?;
+    if filter.must_equal.is_empty() {
+        return None;
+    }
+    let conditions: Vec<Condition> = filter
+        .must_equal
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let path = JsonPath::try_from(key.as_str()).ok()?;
+            Some(Condition::Field(FieldCondition::new_match(
+                path,
+                value.into(),
+            )))
+        })
+        .collect();
+    if conditions.is_empty() {
+        return None;
+    }
+    let mut edge = qdrant_edge::Filter::new_must(conditions[0].clone());
+    edge.must = Some(conditions);
+    Some(edge)
+}
+
+fn uuid_of(id: EdgePointId) -> Result<PointId, StoreError> {
+    match id {
+        EdgePointId::Uuid(uuid) => Ok(uuid),
+        EdgePointId::NumId(n) => Err(StoreError::Operation(format!(
+            "point {n} has a numeric id; this collection was not written by freshet"
+        ))),
+    }
+}
+
+fn payload_of(payload: Option<qdrant_edge::Payload>) -> Payload {
+    payload
+        .map(|p| p.0.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn dense_of(vector: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        qdrant_edge::VectorStructInternal::Single(v) => Some(v),
+        qdrant_edge::VectorStructInternal::Named(mut named) => match named.remove("")? {
+            qdrant_edge::VectorInternal::Dense(v) => Some(v),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl VectorStore for EdgeStore {
+    async fn ensure_collection(&self, dim: usize) -> Result<(), StoreError> {
+        match self.dim() {
+            Some(existing) if existing != dim => Err(StoreError::DimensionMismatch {
+                existing,
+                wanted: dim,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn upsert(&self, points: Vec<Point>) -> Result<(), StoreError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let points = points
+            .into_iter()
+            .map(|p| {
+                PointStruct::new(
+                    EdgePointId::Uuid(p.id),
+                    p.vector,
+                    serde_json::Value::Object(p.payload),
+                )
+                .into()
+            })
+            .collect();
+        self.write(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
+        .await
+    }
+
+    async fn delete(&self, ids: Vec<PointId>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.into_iter().map(EdgePointId::Uuid).collect();
+        self.write(UpdateOperation::PointOperation(
+            PointOperations::DeletePoints { ids },
+        ))
+        .await
+    }
+
+    async fn search(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: Option<Filter>,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let request = SearchRequest {
+            query: QueryEnum::Nearest(qdrant_edge::NamedQuery::default_dense(vector.to_vec())),
+            filter: to_edge_filter(filter),
+            params: None,
+            limit: k,
+            offset: 0,
+            with_payload: Some(WithPayloadInterface::Bool(true)),
+            with_vector: Some(WithVector::Bool(false)),
+            score_threshold: None,
+        };
+        let shard = self.shard.clone();
+        let points = blocking(move || shard.search(request))
+            .await?
+            .map_err(|err| StoreError::Operation(err.to_string()))?;
+        points
+            .into_iter()
+            .map(|p| {
+                Ok(Hit {
+                    id: uuid_of(p.id)?,
+                    score: p.score,
+                    payload: payload_of(p.payload),
+                })
+            })
+            .collect()
+    }
+
+    async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError> {
+        let shard = self.shard.clone();
+        let request = CountRequest {
+            filter: to_edge_filter(filter),
+            exact: true,
+        };
+        blocking(move || shard.count(request))
+            .await?
+            .map_err(|err| StoreError::Operation(err.to_string()))
+    }
+
+    async fn scroll(
+        &self,
+        offset: Option<PointId>,
+        limit: usize,
+        filter: Option<Filter>,
+        with_vectors: bool,
+    ) -> Result<(Vec<StoredPoint>, Option<PointId>), StoreError> {
+        let request = ScrollRequest {
+            offset: offset.map(EdgePointId::Uuid),
+            limit: Some(limit.max(1)),
+            filter: to_edge_filter(filter),
+            with_payload: Some(WithPayloadInterface::Bool(true)),
+            with_vector: WithVector::Bool(with_vectors),
+            order_by: None,
+        };
+        let shard = self.shard.clone();
+        let (records, next) = blocking(move || shard.scroll(request))
+            .await?
+            .map_err(|err| StoreError::Operation(err.to_string()))?;
+        let points = records
+            .into_iter()
+            .map(|r| {
+                Ok(StoredPoint {
+                    id: uuid_of(r.id)?,
+                    payload: payload_of(r.payload),
+                    vector: dense_of(r.vector),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((points, next.map(uuid_of).transpose()?))
+    }
+}
