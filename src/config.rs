@@ -100,10 +100,14 @@ pub struct EmbeddingConfig {
     /// as all-MiniLM) or `cls` (BGE-style models).
     #[serde(default)]
     pub pooling: PoolingConfig,
-    /// Texts per ONNX Runtime call. Chunks are sorted by length before batching, so larger
-    /// batches waste little on padding.
+    /// Most texts per ONNX Runtime call. Texts are sorted by length and grouped so that a
+    /// call pads little; raise this (and `batch_tokens`) on a GPU.
     #[serde(default = "default_embed_batch")]
     pub batch_size: usize,
+    /// Most padded tokens per ONNX Runtime call (a longer text goes alone). On CPU small
+    /// calls win: padding and attention over it cost more than the calls.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
     /// Inference threads; 0 uses every core.
     #[serde(default)]
     pub threads: usize,
@@ -152,6 +156,9 @@ const fn default_overlap_tokens() -> usize {
 const fn default_embed_batch() -> usize {
     32
 }
+const fn default_batch_tokens() -> usize {
+    512
+}
 const fn default_max_length() -> usize {
     512
 }
@@ -182,6 +189,7 @@ impl Default for EmbeddingConfig {
             onnxruntime_library: None,
             pooling: PoolingConfig::default(),
             batch_size: default_embed_batch(),
+            batch_tokens: default_batch_tokens(),
             threads: 0,
             max_length: default_max_length(),
         }
@@ -327,8 +335,10 @@ impl Config {
                 chunking.max_tokens, self.embedding.max_length
             ));
         }
-        if self.embedding.batch_size == 0 {
-            return invalid("embedding.batch_size must be at least 1".into());
+        if self.embedding.batch_size == 0 || self.embedding.batch_tokens == 0 {
+            return invalid(
+                "embedding.batch_size and embedding.batch_tokens must be at least 1".into(),
+            );
         }
         let pipeline = &self.pipeline;
         if pipeline.channel_depth == 0 || pipeline.commit_batch_chunks == 0 {

@@ -88,6 +88,8 @@ pub struct SourceStats {
     pub failed: u64,
     pub skipped: u64,
     pub chunks_embedded: u64,
+    /// Milliseconds spent inside the embedding model (the bottleneck by design).
+    pub embed_ms: u64,
     pub points_upserted: u64,
     pub points_deleted: u64,
     /// Whether the scan finished, so deletions were applied.
@@ -149,6 +151,7 @@ struct PreparedDoc {
 
 /// A batch ready for the store: prepared documents with one vector per chunk.
 struct EmbeddedBatch {
+    embed_ms: u64,
     docs: Vec<(PreparedDoc, Vec<Vec<f32>>)>,
     records: Vec<(DocRecord, Outcome)>,
 }
@@ -321,6 +324,7 @@ fn totals(sources: &[SourceStats]) -> SourceStats {
         t.failed += s.failed;
         t.skipped += s.skipped;
         t.chunks_embedded += s.chunks_embedded;
+        t.embed_ms += s.embed_ms;
         t.points_upserted += s.points_upserted;
         t.points_deleted += s.points_deleted;
     }
@@ -562,10 +566,12 @@ async fn embed_batches(
                 next = work.try_recv().ok();
             }
         }
+        let started = Instant::now();
         let embedded = embed_docs(&ctx, docs, &mut records).await?;
         send(
             &batches,
             EmbeddedBatch {
+                embed_ms: started.elapsed().as_millis() as u64,
                 docs: embedded,
                 records,
             },
@@ -664,6 +670,7 @@ async fn commit_batches(
     let mut stats = SourceStats::default();
     let mut failures = Vec::new();
     while let Some(batch) = batches.recv().await {
+        stats.embed_ms += batch.embed_ms;
         let indexed_at = now();
         let mut points = Vec::new();
         let mut stale = Vec::new();

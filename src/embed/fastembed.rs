@@ -11,6 +11,8 @@ use fastembed::{
     InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
 };
 
+use ort::environment::Environment;
+
 use super::{locate, EmbedError, Embedder};
 use crate::config::{EmbeddingConfig, PoolingConfig};
 
@@ -19,6 +21,7 @@ pub struct FastEmbedder {
     model_id: String,
     dim: usize,
     batch_size: usize,
+    batch_tokens: usize,
     /// The model's tokenizer without padding or truncation, for sizing chunks and counting
     /// real tokens.
     tokenizer: tokenizers::Tokenizer,
@@ -33,23 +36,25 @@ impl std::fmt::Debug for FastEmbedder {
     }
 }
 
-/// ONNX Runtime can be loaded once per process; later loads reuse the first result.
-static RUNTIME: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+/// ONNX Runtime is loaded, and its one environment built, once per process; later calls
+/// reuse the first result.
+static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
 
-pub fn load_runtime(configured: Option<&Path>) -> Result<(), EmbedError> {
+/// Loads ONNX Runtime and returns the process's environment (sessions need one, and
+/// ONNX Runtime allows only one per process).
+pub fn ort_environment(configured: Option<&Path>) -> Result<Environment, EmbedError> {
     let path = locate::onnxruntime_library(configured)?;
     let loaded = RUNTIME.get_or_init(|| {
         ort::init_from(&path)
-            .map(|_| path.clone())
+            .map_err(|err| err.to_string())?
+            .with_name("freshet")
+            .build()
             .map_err(|err| err.to_string())
     });
-    match loaded {
-        Ok(_) => Ok(()),
-        Err(reason) => Err(EmbedError::Load {
-            path: path.display().to_string(),
-            reason: reason.clone(),
-        }),
-    }
+    loaded.clone().map_err(|reason| EmbedError::Load {
+        path: path.display().to_string(),
+        reason,
+    })
 }
 
 /// Loads the tokenizer from a model directory with padding and truncation switched off.
@@ -72,7 +77,7 @@ pub fn load_plain_tokenizer(model_dir: &Path) -> Result<tokenizers::Tokenizer, E
 
 impl FastEmbedder {
     pub fn load(config: &EmbeddingConfig) -> Result<Self, EmbedError> {
-        load_runtime(config.onnxruntime_library.as_deref())?;
+        let environment = ort_environment(config.onnxruntime_library.as_deref())?;
         let dir = locate::model_dir(config.model_dir.as_deref())?;
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|err| EmbedError::Load {
@@ -96,7 +101,9 @@ impl FastEmbedder {
         // unaffected and the ledger never compares vectors.
         let model = UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer_files)
             .with_pooling(pooling);
-        let mut options = InitOptionsUserDefined::new().with_max_length(config.max_length);
+        let mut options = InitOptionsUserDefined::new()
+            .with_environment(environment)
+            .with_max_length(config.max_length);
         if config.threads > 0 {
             options = options.with_intra_threads(config.threads);
         }
@@ -130,6 +137,7 @@ impl FastEmbedder {
             model_id,
             dim,
             batch_size: config.batch_size,
+            batch_tokens: config.batch_tokens,
             tokenizer: load_plain_tokenizer(&dir)?,
         })
     }
@@ -150,30 +158,88 @@ impl Embedder for FastEmbedder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Sort by length so each ONNX batch pads to a similar length, then restore order.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
-        let sorted: Vec<&str> = order.iter().map(|&i| texts[i]).collect();
-        let vectors = self
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut model = self
             .model
             .lock()
-            .map_err(|_| EmbedError::Inference("embedder poisoned by an earlier panic".into()))?
-            .embed(&sorted, Some(self.batch_size))
-            .map_err(|err| EmbedError::Inference(err.to_string()))?;
-        if vectors.len() != texts.len() {
-            return Err(EmbedError::Inference(format!(
-                "model returned {} vectors for {} texts",
-                vectors.len(),
-                texts.len()
-            )));
-        }
-        let mut out = vec![Vec::new(); texts.len()];
-        for (vector, &i) in vectors.into_iter().zip(&order) {
-            out[i] = vector;
+            .map_err(|_| EmbedError::Inference("embedder poisoned by an earlier panic".into()))?;
+        for group in length_groups(texts, self.batch_size, self.batch_tokens) {
+            let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
+            let vectors = model
+                .embed(&batch, Some(batch.len()))
+                .map_err(|err| EmbedError::Inference(err.to_string()))?;
+            if vectors.len() != batch.len() {
+                return Err(EmbedError::Inference(format!(
+                    "model returned {} vectors for {} texts",
+                    vectors.len(),
+                    batch.len()
+                )));
+            }
+            for (vector, &i) in vectors.into_iter().zip(&group) {
+                out[i] = vector;
+            }
         }
         Ok(out)
+    }
+}
+
+/// Rough token count for grouping only (English averages about four bytes a token).
+fn approx_tokens(text: &str) -> usize {
+    text.len() / 4 + 2
+}
+
+/// Splits texts (by index) into model calls: sorted by length so each call pads little,
+/// at most `max_texts` a call, and at most `max_tokens` padded tokens a call (a longer
+/// text goes alone). On CPU, padding and attention over padding cost more than small
+/// calls do: measured on all-MiniLM-L6-v2 int8, 2 cores, 256-token chunks ran 1.5x
+/// faster one or two at a time than 32 at a time, while 35-token texts ran fastest about
+/// 16 at a time.
+pub fn length_groups(texts: &[&str], max_texts: usize, max_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending: the newest text is the longest in its group.
+        let padded = (current.len() + 1) * approx_tokens(texts[i]);
+        if !current.is_empty() && (current.len() >= max_texts || padded > max_tokens) {
+            groups.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_cover_every_text_once_and_respect_the_budgets() {
+        let long = "word ".repeat(200);
+        let texts: Vec<&str> = vec!["a", &long, "bb", "ccc", &long, "dddd"];
+        let groups = length_groups(&texts, 3, 300);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..texts.len()).collect::<Vec<_>>());
+        for group in &groups {
+            assert!(group.len() <= 3);
+            let longest = group
+                .iter()
+                .map(|&i| approx_tokens(texts[i]))
+                .max()
+                .unwrap();
+            assert!(
+                group.len() == 1 || group.len() * longest <= 300,
+                "{group:?}"
+            );
+        }
+        // The two long texts exceed the budget together, so they are embedded apart.
+        assert!(groups
+            .iter()
+            .all(|g| g.iter().filter(|&&i| texts[i].len() > 100).count() <= 1));
     }
 }

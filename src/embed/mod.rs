@@ -6,7 +6,7 @@
 mod fastembed;
 pub mod locate;
 
-pub use self::fastembed::FastEmbedder;
+pub use self::fastembed::{length_groups, load_plain_tokenizer, ort_environment, FastEmbedder};
 
 /// Computes embeddings. Blocking and CPU/GPU bound: call it off the async runtime.
 pub trait Embedder: Send + Sync + 'static {

@@ -1,0 +1,551 @@
+//! Indexing benchmark: raw ONNX Runtime session throughput vs. the whole pipeline, cold
+//! sync time, no-op re-sync time and peak memory, measured side by side in one run on the
+//! same model and thread count. Prints figures; asserts nothing.
+//!
+//! Run: `cargo run --release --example bench -- [--docs 2000] [--threads 0]`
+//!
+//! Each measurement runs in a child process of its own, so peak memory (VmHWM) belongs to
+//! that measurement alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use freshet::chunk::Chunker;
+use freshet::config::{Config, EmbeddingConfig, FolderConfig, SourceConfig};
+use freshet::embed::{load_plain_tokenizer, locate, ort_environment};
+use freshet::extract::{extract, MediaType};
+use freshet::index::LockMode;
+use freshet::pipeline::SyncOptions;
+use freshet::Index;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// How one way of feeding the raw session did.
+#[derive(Debug, Serialize, Deserialize)]
+struct RawStrategy {
+    name: String,
+    real_tokens: u64,
+    padded_tokens: u64,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RawResult {
+    sample_chunks: usize,
+    strategies: Vec<RawStrategy>,
+    /// The same sample through `FastEmbedder::embed`, in document order and
+    /// pipeline-sized batches.
+    embedder_seconds: f64,
+    embedder_tokens: u64,
+    peak_rss_kib: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncResult {
+    docs: usize,
+    chunks: u64,
+    real_tokens: u64,
+    open_seconds: f64,
+    cold_seconds: f64,
+    noop_seconds: f64,
+    embed_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let docs = flag("--docs", 2000);
+    let threads = flag("--threads", 0);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-data");
+    match args.get(1).map(String::as_str) {
+        Some("raw") => {
+            let result = raw_session(&corpus_dir(&root, docs), threads)?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Some("sync") => {
+            let result = pipeline_sync(&root, docs, threads)?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        _ => parent(&root, docs, threads),
+    }
+}
+
+fn parent(root: &Path, docs: usize, threads: usize) -> anyhow::Result<()> {
+    let half = docs / 2;
+    for n in [half, docs] {
+        generate_corpus(&corpus_dir(root, n), n)?;
+    }
+    let me = std::env::current_exe()?;
+    let child = |args: &[String]| -> anyhow::Result<String> {
+        let out = Command::new(&me).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "child {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let t = threads.to_string();
+    println!(
+        "freshet indexing benchmark: {docs} documents, threads={} (0 = all cores), {} cores",
+        threads,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let raw: RawResult = serde_json::from_str(&child(&[
+        "raw".into(),
+        "--docs".into(),
+        docs.to_string(),
+        "--threads".into(),
+        t.clone(),
+    ])?)?;
+    let small: SyncResult = serde_json::from_str(&child(&[
+        "sync".into(),
+        "--docs".into(),
+        half.to_string(),
+        "--threads".into(),
+        t.clone(),
+    ])?)?;
+    let full: SyncResult = serde_json::from_str(&child(&[
+        "sync".into(),
+        "--docs".into(),
+        docs.to_string(),
+        "--threads".into(),
+        t,
+    ])?)?;
+
+    let pipe_tps = full.real_tokens as f64 / full.cold_seconds;
+    println!();
+    println!(
+        "raw ONNX Runtime session on {} sampled chunks (only session.run timed):",
+        raw.sample_chunks
+    );
+    let mut ceiling = 0f64;
+    for s in &raw.strategies {
+        let tps = s.real_tokens as f64 / s.seconds;
+        ceiling = ceiling.max(tps);
+        println!(
+            "  {:<60} {:>8.0} real tokens/s  ({} real / {} padded tokens, {:.1}s)",
+            s.name, tps, s.real_tokens, s.padded_tokens, s.seconds
+        );
+    }
+    println!(
+        "FastEmbedder alone, same sample   {:>8.0} real tokens/s  ({:.1}s)",
+        raw.embedder_tokens as f64 / raw.embedder_seconds,
+        raw.embedder_seconds
+    );
+    println!(
+        "raw session peak RSS              {:>8} KiB",
+        raw.peak_rss_kib
+    );
+    println!();
+    println!("pipeline, cold sync               {:>8.0} real tokens/s  ({} chunks, {} real tokens, {:.1}s wall; model load {:.1}s not counted)",
+        pipe_tps, full.chunks, full.real_tokens, full.cold_seconds, full.open_seconds);
+    println!(
+        "  of which inside the embedder {:.1}s ({:.0}%)",
+        full.embed_seconds,
+        100.0 * full.embed_seconds / full.cold_seconds
+    );
+    println!(
+        "pipeline / best raw               {:>8.3}   (target >= 0.9)",
+        pipe_tps / ceiling
+    );
+    println!(
+        "cold sync                  {:>10.2} s for {} documents",
+        full.cold_seconds, full.docs
+    );
+    println!(
+        "no-op re-sync              {:>10.3} s = {:.2}% of cold   (target <= 2%)",
+        full.noop_seconds,
+        100.0 * full.noop_seconds / full.cold_seconds
+    );
+    println!(
+        "peak RSS, {:>5} documents  {:>10} KiB",
+        small.docs, small.peak_rss_kib
+    );
+    println!(
+        "peak RSS, {:>5} documents  {:>10} KiB   (ratio {:.3}; target: no growth with corpus size)",
+        full.docs,
+        full.peak_rss_kib,
+        full.peak_rss_kib as f64 / small.peak_rss_kib as f64
+    );
+    Ok(())
+}
+
+fn corpus_dir(root: &Path, docs: usize) -> PathBuf {
+    root.join(format!("corpus-{docs}"))
+}
+
+/// Deterministic Markdown documents of varied length (a few hundred to a few thousand
+/// tokens), so chunk lengths vary like real ones do.
+fn generate_corpus(dir: &Path, docs: usize) -> anyhow::Result<()> {
+    if dir.join(".complete").is_file() {
+        return Ok(());
+    }
+    const WORDS: &[&str] = &[
+        "system",
+        "data",
+        "index",
+        "query",
+        "vector",
+        "model",
+        "river",
+        "mountain",
+        "policy",
+        "customer",
+        "order",
+        "invoice",
+        "battery",
+        "engine",
+        "bridge",
+        "garden",
+        "recipe",
+        "protein",
+        "network",
+        "server",
+        "latency",
+        "storage",
+        "archive",
+        "contract",
+        "budget",
+        "weather",
+        "forest",
+        "planet",
+        "signal",
+        "sensor",
+        "market",
+        "language",
+        "history",
+        "music",
+        "theory",
+        "method",
+        "result",
+        "process",
+        "factory",
+        "vehicle",
+        "harbor",
+        "the",
+        "a",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "for",
+        "with",
+        "on",
+        "as",
+        "by",
+        "quickly",
+        "carefully",
+        "rarely",
+        "measures",
+        "builds",
+        "explains",
+        "improves",
+        "reduces",
+        "connects",
+        "describes",
+        "stores",
+        "returns",
+        "changes",
+        "supports",
+        "large",
+        "small",
+        "recent",
+        "stable",
+        "complex",
+        "simple",
+        "open",
+        "private",
+    ];
+    std::fs::create_dir_all(dir)?;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for d in 0..docs {
+        let sub = dir.join(format!("part{:02}", d % 20));
+        std::fs::create_dir_all(&sub)?;
+        let mut text = format!("# Document {d}\n\n");
+        let sections = 1 + next(4);
+        for s in 0..sections {
+            text.push_str(&format!(
+                "## Section {s} about {}\n\n",
+                WORDS[next(WORDS.len())]
+            ));
+            for _ in 0..(1 + next(4)) {
+                for _ in 0..(3 + next(6)) {
+                    let words = 8 + next(14);
+                    let mut sentence: Vec<&str> =
+                        (0..words).map(|_| WORDS[next(WORDS.len())]).collect();
+                    let first = sentence[0].to_string();
+                    let capital = first[..1].to_uppercase() + &first[1..];
+                    sentence[0] = &capital;
+                    text.push_str(&sentence.join(" "));
+                    text.push_str(". ");
+                }
+                text.push_str("\n\n");
+            }
+        }
+        std::fs::write(sub.join(format!("doc{d:05}.md")), text)?;
+    }
+    std::fs::write(dir.join(".complete"), b"")?;
+    Ok(())
+}
+
+fn embedding_config(threads: usize) -> EmbeddingConfig {
+    EmbeddingConfig {
+        threads,
+        ..EmbeddingConfig::default()
+    }
+}
+
+/// The chunks the pipeline embeds for this corpus, computed with the pipeline's own
+/// extraction and chunking code.
+fn corpus_chunks(corpus: &Path, tokenizer: &tokenizers::Tokenizer) -> anyhow::Result<Vec<String>> {
+    let chunker = Chunker::new(
+        std::sync::Arc::new(tokenizer.clone()),
+        Config::default().chunking,
+    );
+    let mut texts = Vec::new();
+    let mut files: Vec<PathBuf> = walk(corpus)?;
+    files.sort();
+    for file in files {
+        let bytes = std::fs::read(&file)?;
+        let extracted = extract(&bytes, MediaType::Markdown).map_err(|e| anyhow::anyhow!("{e}"))?;
+        texts.extend(
+            chunker
+                .chunk(&extracted, MediaType::Markdown)
+                .into_iter()
+                .map(|c| c.embed_text),
+        );
+    }
+    Ok(texts)
+}
+
+fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(walk(&path)?);
+        } else if path.extension().is_some_and(|e| e == "md") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Real (unpadded) tokens the model sees for these texts: special tokens included,
+/// truncated at the model input length, as the pipeline feeds them.
+fn real_tokens(tokenizer: &tokenizers::Tokenizer, texts: &[String], max_length: usize) -> u64 {
+    texts
+        .iter()
+        .map(|t| {
+            tokenizer
+                .encode(t.as_str(), true)
+                .map_or(0, |e| e.len().min(max_length)) as u64
+        })
+        .sum()
+}
+
+/// Chunks sampled evenly across the corpus for the raw-session measurements.
+const RAW_SAMPLE: usize = 1024;
+
+/// The ceiling: one ONNX Runtime session, same model file and threads, fed pre-tokenized
+/// length-sorted inputs in three ways; only `session.run` is timed. The fastest way is
+/// the ceiling the pipeline is compared with.
+fn raw_session(corpus: &Path, threads: usize) -> anyhow::Result<RawResult> {
+    let config = embedding_config(threads);
+    let environment = ort_environment(None)?;
+    let model_dir = locate::model_dir(None)?;
+    let tokenizer = load_plain_tokenizer(&model_dir)?;
+    let all = corpus_chunks(corpus, &tokenizer)?;
+    let step = (all.len() / RAW_SAMPLE).max(1);
+    let sample: Vec<String> = all.into_iter().step_by(step).take(RAW_SAMPLE).collect();
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut session = Session::builder(&environment)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_intra_threads(threads)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .commit_from_file(model_dir.join("model.onnx"))
+        .context("load model.onnx")?;
+    let needs_token_types = session
+        .inputs()
+        .iter()
+        .any(|i| i.name() == "token_type_ids");
+
+    let refs: Vec<&str> = sample.iter().map(String::as_str).collect();
+    let mut sorted: Vec<usize> = (0..refs.len()).collect();
+    sorted.sort_by_key(|&i| refs[i].len());
+    let fixed = |n: usize| sorted.chunks(n).map(<[usize]>::to_vec).collect::<Vec<_>>();
+    let plans = [
+        ("sorted, 32 per call".to_string(), fixed(32)),
+        ("sorted, 1 per call".to_string(), fixed(1)),
+        (
+            format!(
+                "sorted, freshet length groups (<= {} texts, <= {} tokens)",
+                config.batch_size, config.batch_tokens
+            ),
+            freshet::embed::length_groups(&refs, config.batch_size, config.batch_tokens),
+        ),
+    ];
+    let mut strategies = Vec::new();
+    for (name, groups) in plans {
+        let (mut real, mut padded, mut seconds) = (0u64, 0u64, 0f64);
+        for group in groups {
+            let batch: Vec<&str> = group.iter().map(|&i| refs[i]).collect();
+            let encodings = tokenizer
+                .encode_batch(batch, true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let width = encodings
+                .iter()
+                .map(|e| e.len().min(config.max_length))
+                .max()
+                .unwrap_or(1);
+            let rows = encodings.len();
+            let mut ids = vec![0i64; rows * width];
+            let mut mask = vec![0i64; rows * width];
+            for (r, e) in encodings.iter().enumerate() {
+                for (c, id) in e.get_ids().iter().take(width).enumerate() {
+                    ids[r * width + c] = *id as i64;
+                    mask[r * width + c] = 1;
+                }
+                real += e.len().min(width) as u64;
+            }
+            padded += (rows * width) as u64;
+            let shape = [rows as i64, width as i64];
+            let mut inputs = ort::inputs![
+                "input_ids" => Tensor::from_array((shape, ids))?,
+                "attention_mask" => Tensor::from_array((shape, mask))?,
+            ];
+            if needs_token_types {
+                inputs.push((
+                    "token_type_ids".into(),
+                    Tensor::from_array((shape, vec![0i64; rows * width]))?.into(),
+                ));
+            }
+            let started = Instant::now();
+            let outputs = session.run(inputs)?;
+            seconds += started.elapsed().as_secs_f64();
+            drop(outputs);
+        }
+        strategies.push(RawStrategy {
+            name,
+            real_tokens: real,
+            padded_tokens: padded,
+            seconds,
+        });
+    }
+    drop(session);
+
+    let embedder = freshet::embed::FastEmbedder::load(&config)?;
+    let started = Instant::now();
+    for batch in refs.chunks(Config::default().pipeline.commit_batch_chunks) {
+        freshet::embed::Embedder::embed(&embedder, batch)?;
+    }
+    let embedder_seconds = started.elapsed().as_secs_f64();
+    Ok(RawResult {
+        sample_chunks: sample.len(),
+        embedder_tokens: real_tokens(&tokenizer, &sample, config.max_length),
+        strategies,
+        embedder_seconds,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// The product path: a cold `sync` into a fresh data directory, then a no-op re-sync.
+fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<SyncResult> {
+    let corpus = corpus_dir(root, docs);
+    let data = root.join(format!("data-{docs}"));
+    let _ = std::fs::remove_dir_all(&data);
+    let config = Config {
+        data_dir: data.clone(),
+        sources: vec![SourceConfig::Folder(FolderConfig {
+            id: "bench".into(),
+            path: corpus.clone(),
+            include: vec![],
+            exclude: vec![],
+            respect_gitignore: true,
+            include_hidden: false,
+        })],
+        embedding: embedding_config(threads),
+        ..Config::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (open_seconds, cold_seconds, noop_seconds, chunks, embed_seconds) =
+        runtime.block_on(async {
+            let started = Instant::now();
+            let index = Index::open_for_sync(config, LockMode::WriteOrFail).await?;
+            let open_seconds = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            let cold = index.sync(&SyncOptions::default()).await?;
+            let cold_seconds = started.elapsed().as_secs_f64();
+            if cold.status != "completed" {
+                bail!("cold sync: {cold:?}");
+            }
+            let started = Instant::now();
+            let noop = index.sync(&SyncOptions::default()).await?;
+            let noop_seconds = started.elapsed().as_secs_f64();
+            if noop.totals.chunks_embedded != 0 {
+                bail!("no-op sync embedded {} chunks", noop.totals.chunks_embedded);
+            }
+            anyhow::Ok((
+                open_seconds,
+                cold_seconds,
+                noop_seconds,
+                cold.totals.chunks_embedded,
+                cold.totals.embed_ms as f64 / 1000.0,
+            ))
+        })?;
+    let peak_rss_kib = peak_rss_kib();
+    let tokenizer = load_plain_tokenizer(&locate::model_dir(None)?)?;
+    let texts = corpus_chunks(&corpus, &tokenizer)?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(SyncResult {
+        docs,
+        chunks,
+        real_tokens: real_tokens(&tokenizer, &texts, EmbeddingConfig::default().max_length),
+        open_seconds,
+        cold_seconds,
+        noop_seconds,
+        embed_seconds,
+        peak_rss_kib,
+    })
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
