@@ -500,7 +500,7 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
     let (open_seconds, cold_seconds, noop_seconds, chunks, embed_seconds) =
         runtime.block_on(async {
             let started = Instant::now();
-            let index = Index::open_for_sync(config, LockMode::WriteOrFail).await?;
+            let index = Index::open_for_sync(config, LockMode::FailIfBusy).await?;
             let open_seconds = started.elapsed().as_secs_f64();
             let started = Instant::now();
             let cold = index.sync(&SyncOptions::default()).await?;

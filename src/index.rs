@@ -1,9 +1,9 @@
 //! An open index: the data directory's lock, the ledger, the embedder, the chunker and the
 //! vector store, loaded once and shared by sync and query.
 //!
-//! Invariant: at most one process writes a data directory at a time (an OS advisory lock
-//! that dies with its holder, so a killed process never blocks the next run), and readers
-//! never open the store while a writer holds it.
+//! Invariant: at most one process uses a data directory's store at a time (an embedded
+//! Qdrant shard admits one opener): an OS advisory lock guards it, and it dies with its
+//! holder, so a killed process never blocks the next run.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -32,15 +32,13 @@ pub struct IndexInfo {
     pub dim: usize,
 }
 
-/// How to take the data directory lock.
+/// What to do when another process holds the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockMode {
-    /// Exclusive; fail at once when taken.
-    WriteOrFail,
-    /// Exclusive; wait for the holder to finish.
-    WriteOrWait,
-    /// Shared; wait for a writer to finish.
-    Read,
+    /// Fail at once.
+    FailIfBusy,
+    /// Wait for the holder to finish.
+    WaitIfBusy,
 }
 
 #[derive(Debug)]
@@ -64,26 +62,17 @@ impl DataDirLock {
                 context: format!("cannot open lock file {}", path.display()),
                 source,
             })?;
-        let attempt = match mode {
-            LockMode::Read => file.try_lock_shared(),
-            _ => file.try_lock(),
-        };
-        match attempt {
+        match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => match mode {
-                LockMode::WriteOrFail => {
+                LockMode::FailIfBusy => {
                     return Err(Error::Locked {
                         data_dir: data_dir.display().to_string(),
                     })
                 }
-                LockMode::WriteOrWait | LockMode::Read => {
+                LockMode::WaitIfBusy => {
                     tracing::warn!(data_dir = %data_dir.display(), "another freshet process holds the data directory; waiting for it");
-                    let waited = if mode == LockMode::Read {
-                        file.lock_shared()
-                    } else {
-                        file.lock()
-                    };
-                    waited.map_err(|source| Error::Io {
+                    file.lock().map_err(|source| Error::Io {
                         context: format!("cannot lock {}", path.display()),
                         source,
                     })?;
@@ -99,15 +88,15 @@ impl DataDirLock {
         Ok(Self { _file: file })
     }
 
-    /// A shared lock if no writer holds the directory right now.
-    pub fn try_read(data_dir: &Path) -> Option<Self> {
+    /// The lock, if no other process holds the directory right now.
+    pub fn try_exclusive(data_dir: &Path) -> Option<Self> {
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(data_dir.join(LOCK_FILE))
             .ok()?;
-        file.try_lock_shared().ok()?;
+        file.try_lock().ok()?;
         Some(Self { _file: file })
     }
 }
@@ -167,15 +156,17 @@ impl Index {
         })
     }
 
-    /// Opens for queries: waits for any writer, then loads the model and the collection
-    /// the last sync wrote.
+    /// Opens for queries: waits for any other process using the data directory, then loads
+    /// the model and the collection the last sync wrote. (An embedded Qdrant shard admits
+    /// one process at a time, readers included; serving queries beside a writer is what
+    /// watch mode's query endpoint is for.)
     pub async fn open_for_query(config: Config) -> Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
         let info = read_index_info(&data_dir)?.ok_or_else(|| Error::NoIndex {
             data_dir: data_dir.display().to_string(),
         })?;
-        let lock = DataDirLock::acquire(&data_dir, LockMode::Read)?;
+        let lock = DataDirLock::acquire(&data_dir, LockMode::WaitIfBusy)?;
         let embedding = config.embedding.clone();
         let embedder = tokio::task::spawn_blocking(move || FastEmbedder::load(&embedding))
             .await
@@ -305,10 +296,10 @@ mod tests {
     #[test]
     fn the_write_lock_is_exclusive_and_dies_with_its_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DataDirLock::acquire(dir.path(), LockMode::WriteOrFail).unwrap();
-        let second = DataDirLock::acquire(dir.path(), LockMode::WriteOrFail);
+        let first = DataDirLock::acquire(dir.path(), LockMode::FailIfBusy).unwrap();
+        let second = DataDirLock::acquire(dir.path(), LockMode::FailIfBusy);
         assert!(matches!(second, Err(Error::Locked { .. })));
         drop(first);
-        DataDirLock::acquire(dir.path(), LockMode::WriteOrFail).unwrap();
+        DataDirLock::acquire(dir.path(), LockMode::FailIfBusy).unwrap();
     }
 }

@@ -186,9 +186,9 @@ async fn sync(
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
     let lock = if wait {
-        LockMode::WriteOrWait
+        LockMode::WaitIfBusy
     } else {
-        LockMode::WriteOrFail
+        LockMode::FailIfBusy
     };
     let index = Index::open_for_sync(config, lock).await?;
     let live = Arc::new(LiveCounters::default());
@@ -321,10 +321,10 @@ async fn status(cli: &Cli, config: &Config, failure_limit: usize) -> anyhow::Res
     let runs = ledger.recent_runs(1).await?;
     let failures = ledger.failures(None, failure_limit).await?;
     let info = read_index_info(&config.data_dir)?;
-    // The store can only be opened while no sync writes it; a busy store is reported, not
-    // waited for.
+    // The store admits one process at a time; while a sync holds it, the point count is
+    // reported as unavailable rather than waited for.
     let points = match &info {
-        Some(info) => match freshet::index::DataDirLock::try_read(&config.data_dir) {
+        Some(info) => match freshet::index::DataDirLock::try_exclusive(&config.data_dir) {
             Some(_lock) => {
                 match EdgeStore::open_existing(&collection_path(&config.data_dir, &info.collection))
                     .await?

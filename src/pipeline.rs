@@ -90,6 +90,8 @@ pub struct SourceStats {
     pub chunks_embedded: u64,
     /// Milliseconds spent inside the embedding model (the bottleneck by design).
     pub embed_ms: u64,
+    /// Milliseconds spent writing the store and committing the ledger.
+    pub commit_ms: u64,
     pub points_upserted: u64,
     pub points_deleted: u64,
     /// Whether the scan finished, so deletions were applied.
@@ -273,9 +275,11 @@ impl Index {
         let (source_result, gate_result, embed_result, commit_result) =
             tokio::join!(source_run, gate, embed, commit);
 
-        let gate = gate_result?;
-        embed_result?;
+        // Later stages first: when one fails, the stages before it fail only because it
+        // stopped listening, and the user needs the first cause.
         let (mut stats, failures) = commit_result?;
+        embed_result?;
+        let gate = gate_result?;
         stats.source_id = ctx.source_id.clone();
         stats.scanned = gate.scanned;
         stats.unchanged = gate.unchanged;
@@ -325,6 +329,7 @@ fn totals(sources: &[SourceStats]) -> SourceStats {
         t.skipped += s.skipped;
         t.chunks_embedded += s.chunks_embedded;
         t.embed_ms += s.embed_ms;
+        t.commit_ms += s.commit_ms;
         t.points_upserted += s.points_upserted;
         t.points_deleted += s.points_deleted;
     }
@@ -744,6 +749,7 @@ async fn commit_batches(
         }
         let upserted = points.len() as u64;
         let deleted = stale.len() as u64;
+        let commit_started = Instant::now();
         let store = ctx.store.clone();
         retry("store upsert", || {
             let store = store.clone();
@@ -763,6 +769,7 @@ async fn commit_batches(
             async move { ledger.commit(records).await.map_err(Error::from) }
         })
         .await?;
+        stats.commit_ms += commit_started.elapsed().as_millis() as u64;
         stats.points_upserted += upserted;
         stats.points_deleted += deleted;
         LiveCounters::add(&ctx.live.finished, records.len() as u64);

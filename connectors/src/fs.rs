@@ -367,6 +367,71 @@ mod tests {
         assert!(err.to_string().contains("a/["), "{err}");
     }
 
+    fn folder(root: &Path) -> Box<dyn Source> {
+        Box::new(
+            FolderSource::new(
+                "t",
+                root,
+                FolderSourceOptions {
+                    respect_gitignore: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn walk_honours_gitignore_hidden_and_never_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let write = |rel: &str, text: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("a.md", "# A");
+        write("sub/deeper/b.txt", "b");
+        write("build.log", "ignored by .gitignore");
+        write("drafts/x.md", "ignored by .gitignore too");
+        write(".gitignore", "*.log\ndrafts/\n");
+        write(".hidden/c.md", "hidden");
+        std::fs::write(dir.path().join("outside.md"), "outside the root").unwrap();
+        std::os::unix::fs::symlink(root.join("a.md"), root.join("link-to-a.md")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.md"), root.join("escape.md")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("loop")).unwrap();
+
+        let docs = crate::testing::check_stable(|| folder(&root)).await;
+        let keys: Vec<&str> = docs.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a.md", "sub/deeper/b.txt"]);
+    }
+
+    #[tokio::test]
+    async fn version_hint_changes_with_content_and_atomic_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.md"), "one").unwrap();
+        let before = crate::testing::scan(folder(dir.path())).await.unwrap();
+        // Same size, new content, written through a temp file and a rename (editors do).
+        std::fs::write(dir.path().join(".a.md.swp"), "two").unwrap();
+        std::fs::rename(dir.path().join(".a.md.swp"), dir.path().join("a.md")).unwrap();
+        let after = crate::testing::scan(folder(dir.path())).await.unwrap();
+        assert_ne!(before["a.md"], after["a.md"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_is_an_error_not_an_empty_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = crate::testing::scan(folder(&dir.path().join("gone")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SourceError::RootUnavailable { .. }), "{err}");
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let err = crate::testing::scan(folder(&dir.path().join("file")))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
     #[test]
     fn read_refuses_oversize_and_reports_vanished() {
         let dir = tempfile::tempdir().unwrap();

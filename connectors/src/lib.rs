@@ -8,6 +8,7 @@
 //! `ScanComplete`.
 
 pub mod fs;
+pub mod testing;
 
 use std::fmt;
 use std::path::PathBuf;

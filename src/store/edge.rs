@@ -16,10 +16,6 @@ use qdrant_edge::{
 
 use super::{Filter, Hit, Payload, Point, PointId, StoreError, StoredPoint, VectorStore};
 
-/// An edge shard never truncates its write-ahead log and never reads it back, so freshet
-/// drops it on open once it grows past this size (all writes were flushed to segments).
-const WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
-
 pub struct EdgeStore {
     path: PathBuf,
     shard: Arc<EdgeShard>,
@@ -91,7 +87,7 @@ fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
         reason,
     };
     std::fs::create_dir_all(path).map_err(|err| open_err(err.to_string()))?;
-    reset_oversized_wal(path);
+    truncate_wal(path);
     if path.join("edge_config.json").is_file() {
         EdgeShard::load(path, None).map_err(|err| open_err(err.to_string()))
     } else {
@@ -103,19 +99,30 @@ fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
     }
 }
 
-fn reset_oversized_wal(path: &Path) {
+/// An edge shard appends every write to its WAL but never truncates it (it does not replay
+/// it either: freshet flushes segments after every write). Left alone the WAL grows by the
+/// size of everything ever written. Before opening, this does what Qdrant's own
+/// `prefix_truncate` does with its default retention: delete every closed WAL segment but
+/// the newest. The newest one keeps the operation numbering continuous, which matters:
+/// segments ignore operations numbered below a point's version.
+fn truncate_wal(path: &Path) {
     let wal = path.join("wal");
     let Ok(entries) = std::fs::read_dir(&wal) else {
         return;
     };
-    let size: u64 = entries
+    let mut closed: Vec<(u64, PathBuf)> = entries
         .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    if size > WAL_RESET_BYTES {
-        if let Err(err) = std::fs::remove_dir_all(&wal) {
-            tracing::warn!(path = %wal.display(), error = %err, "could not reset the store's write-ahead log");
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let start = name.strip_prefix("closed-")?.parse().ok()?;
+            Some((start, e.path()))
+        })
+        .collect();
+    closed.sort();
+    closed.pop();
+    for (_, old) in closed {
+        if let Err(err) = std::fs::remove_file(&old) {
+            tracing::warn!(path = %old.display(), error = %err, "could not remove an old WAL segment");
         }
     }
 }

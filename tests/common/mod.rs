@@ -78,7 +78,7 @@ impl Workspace {
     }
 
     pub async fn open_with(&self, config: Config) -> Index {
-        Index::open_for_sync(config, LockMode::WriteOrFail)
+        Index::open_for_sync(config, LockMode::FailIfBusy)
             .await
             .expect("open index (is the model provisioned? run scripts/provision)")
     }
