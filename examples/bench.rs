@@ -53,7 +53,11 @@ struct SyncResult {
     cold_seconds: f64,
     noop_seconds: f64,
     embed_seconds: f64,
+    /// Peak resident memory, including index files the store maps into memory.
     peak_rss_kib: u64,
+    /// Peak anonymous (heap) memory during the cold sync, sampled every 10 ms: what the
+    /// pipeline itself holds, without the page cache of mapped index files.
+    peak_anon_kib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -494,6 +498,18 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
         embedding: embedding_config(threads),
         ..Config::default()
     };
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(status_kib("RssAnon:"));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -522,6 +538,8 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
                 cold.totals.embed_ms as f64 / 1000.0,
             ))
         })?;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak_anon_kib = sampler.join().unwrap_or(0);
     let peak_rss_kib = peak_rss_kib();
     let tokenizer = load_plain_tokenizer(&locate::model_dir(None)?)?;
     let texts = corpus_chunks(&corpus, &tokenizer)?;
@@ -535,15 +553,21 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
         noop_seconds,
         embed_seconds,
         peak_rss_kib,
+        peak_anon_kib,
     })
 }
 
 fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

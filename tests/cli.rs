@@ -175,3 +175,20 @@ fn an_unreadable_file_fails_alone() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_missing_model_says_what_to_run() {
+    let ws = Workspace::with_sample_corpus();
+    let output = Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .current_dir(ws.dir.path())
+        .args(["sync", "corpus"])
+        .env("FRESHET_CACHE_DIR", ws.dir.path().join("empty-cache"))
+        .env_remove("FRESHET_MODEL_DIR")
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("scripts/provision"), "{stderr}");
+    assert!(stderr.contains("empty-cache"), "{stderr}");
+}
