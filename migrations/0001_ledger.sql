@@ -10,12 +10,18 @@ CREATE TABLE documents (
     content_hash     TEXT,
     -- extractor, chunker, model id and dimension that produced the points
     fingerprint      TEXT    NOT NULL,
-    status           TEXT    NOT NULL CHECK (status IN ('indexed', 'failed', 'skipped')),
+    -- pending: a write of this document's points is in flight (the ledger protocol's
+    -- intent record); its points may be any of point_ids and pending_point_ids
+    status           TEXT    NOT NULL CHECK (status IN ('indexed', 'failed', 'skipped', 'pending')),
     reason           TEXT,
     media_type       TEXT,
     chunk_count      BIGINT  NOT NULL DEFAULT 0,
+    -- the vector store collection point_ids live in
+    collection       TEXT    NOT NULL DEFAULT '',
     -- JSON array of the point ids the store holds for this document
     point_ids        TEXT    NOT NULL DEFAULT '[]',
+    -- JSON array of point ids being written while status is pending
+    pending_point_ids TEXT,
     -- JSON array of chunk hashes, parallel to point_ids
     chunk_hashes     TEXT    NOT NULL DEFAULT '[]',
     decode_warning   TEXT,

@@ -204,6 +204,36 @@ impl Index {
         })
     }
 
+    /// Makes this index's collection the one queries use, when it is not already: at once
+    /// when there is none yet, otherwise only after a `complete` sync (so a model change
+    /// never sends queries to a half-built collection). Collections of other models are
+    /// dropped after the switch.
+    pub(crate) fn publish_collection(&self, complete: bool) -> Result<()> {
+        let data_dir = &self.config.data_dir;
+        let published = read_index_info(data_dir)?;
+        if published.as_ref() == Some(&self.info) {
+            return Ok(());
+        }
+        if published.is_some() && !complete {
+            tracing::warn!(
+                building = %self.info.collection,
+                "the new collection is not complete yet; queries keep using the previous one"
+            );
+            return Ok(());
+        }
+        write_index_info(data_dir, &self.info)?;
+        let dir = data_dir.join(COLLECTIONS_DIR);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_str() != Some(self.info.collection.as_str()) {
+                tracing::info!(collection = %entry.path().display(), "dropping the collection of a previous model");
+                if let Err(err) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(collection = %entry.path().display(), error = %err, "could not drop an old collection");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Everything that decides what a document's points look like.
     pub fn fingerprint(&self) -> String {
         format!(

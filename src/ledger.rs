@@ -25,6 +25,9 @@ pub enum DocStatus {
     Indexed,
     Failed,
     Skipped,
+    /// A write of the document's points is in flight (or was, when a run died): its points
+    /// may be any of `point_ids` and `pending_point_ids`. The next sync redoes it.
+    Pending,
 }
 
 impl DocStatus {
@@ -33,6 +36,7 @@ impl DocStatus {
             DocStatus::Indexed => "indexed",
             DocStatus::Failed => "failed",
             DocStatus::Skipped => "skipped",
+            DocStatus::Pending => "pending",
         }
     }
 
@@ -41,6 +45,7 @@ impl DocStatus {
             "indexed" => Ok(DocStatus::Indexed),
             "failed" => Ok(DocStatus::Failed),
             "skipped" => Ok(DocStatus::Skipped),
+            "pending" => Ok(DocStatus::Pending),
             other => Err(LedgerError::Corrupt(format!(
                 "unknown document status `{other}`"
             ))),
@@ -59,7 +64,11 @@ pub struct DocRecord {
     pub status: DocStatus,
     pub reason: Option<String>,
     pub media_type: Option<String>,
+    /// The collection `point_ids` live in.
+    pub collection: String,
     pub point_ids: Vec<PointId>,
+    /// Ids being written while `status` is `Pending`.
+    pub pending_point_ids: Option<Vec<PointId>>,
     pub chunk_hashes: Vec<String>,
     pub decode_warning: Option<String>,
     pub first_indexed_at: Option<String>,
@@ -100,6 +109,8 @@ pub struct SourceSummary {
     pub indexed: i64,
     pub failed: i64,
     pub skipped: i64,
+    /// Documents whose write was interrupted; the next sync redoes them.
+    pub pending: i64,
     pub chunks: i64,
 }
 
@@ -194,11 +205,15 @@ impl Ledger {
             let point_ids = serde_json::to_string(&r.point_ids).expect("uuids serialize to JSON");
             let chunk_hashes =
                 serde_json::to_string(&r.chunk_hashes).expect("strings serialize to JSON");
+            let pending = r
+                .pending_point_ids
+                .as_ref()
+                .map(|ids| serde_json::to_string(ids).expect("uuids serialize to JSON"));
             sqlx::query(
                 "INSERT INTO documents (source_id, doc_key, version_hint, content_hash, fingerprint,
-                     status, reason, media_type, chunk_count, point_ids, chunk_hashes,
-                     decode_warning, first_indexed_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     status, reason, media_type, chunk_count, collection, point_ids,
+                     pending_point_ids, chunk_hashes, decode_warning, first_indexed_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT (source_id, doc_key) DO UPDATE SET
                      version_hint = excluded.version_hint,
                      content_hash = excluded.content_hash,
@@ -207,7 +222,9 @@ impl Ledger {
                      reason = excluded.reason,
                      media_type = excluded.media_type,
                      chunk_count = excluded.chunk_count,
+                     collection = excluded.collection,
                      point_ids = excluded.point_ids,
+                     pending_point_ids = excluded.pending_point_ids,
                      chunk_hashes = excluded.chunk_hashes,
                      decode_warning = excluded.decode_warning,
                      first_indexed_at = excluded.first_indexed_at,
@@ -222,7 +239,9 @@ impl Ledger {
             .bind(&r.reason)
             .bind(&r.media_type)
             .bind(r.point_ids.len() as i64)
+            .bind(&r.collection)
             .bind(point_ids)
+            .bind(pending)
             .bind(chunk_hashes)
             .bind(&r.decode_warning)
             .bind(&r.first_indexed_at)
@@ -273,6 +292,53 @@ impl Ledger {
             .collect()
     }
 
+    /// One page of a source's rows in key order, after `after` (for verify and export).
+    pub async fn records_page(
+        &self,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocRecord>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT * FROM documents WHERE source_id = $1 AND doc_key > $2
+             ORDER BY doc_key LIMIT $3",
+        )
+        .bind(source_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Every source id that has rows.
+    pub async fn source_ids(&self) -> Result<Vec<String>, LedgerError> {
+        let rows = sqlx::query("SELECT DISTINCT source_id FROM documents ORDER BY source_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("source_id").map_err(Into::into))
+            .collect()
+    }
+
+    /// Makes the next sync redo these documents from scratch (read, extract, embed, write)
+    /// instead of trusting their version hint and content hash.
+    pub async fn invalidate(&self, source_id: &str, keys: &[String]) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        for key in keys {
+            sqlx::query(
+                "UPDATE documents SET version_hint = '', content_hash = NULL
+                 WHERE source_id = $1 AND doc_key = $2",
+            )
+            .bind(source_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn document_count(&self, source_id: &str) -> Result<i64, LedgerError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM documents WHERE source_id = $1")
             .bind(source_id)
@@ -306,6 +372,7 @@ impl Ledger {
                     SUM(CASE WHEN status = 'indexed' THEN 1 ELSE 0 END) AS indexed,
                     SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
                     SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END) AS skipped,
+                    SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,
                     SUM(chunk_count) AS chunks
              FROM documents GROUP BY source_id ORDER BY source_id",
         )
@@ -319,6 +386,7 @@ impl Ledger {
                     indexed: row.try_get::<Option<i64>, _>("indexed")?.unwrap_or(0),
                     failed: row.try_get::<Option<i64>, _>("failed")?.unwrap_or(0),
                     skipped: row.try_get::<Option<i64>, _>("skipped")?.unwrap_or(0),
+                    pending: row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
                     chunks: row.try_get::<Option<i64>, _>("chunks")?.unwrap_or(0),
                 })
             })
@@ -402,6 +470,7 @@ impl Ledger {
 
 fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DocRecord, LedgerError> {
     let point_ids: String = row.try_get("point_ids")?;
+    let pending: Option<String> = row.try_get("pending_point_ids")?;
     let chunk_hashes: String = row.try_get("chunk_hashes")?;
     let status: String = row.try_get("status")?;
     Ok(DocRecord {
@@ -413,8 +482,13 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DocRecord, LedgerErr
         status: DocStatus::parse(&status)?,
         reason: row.try_get("reason")?,
         media_type: row.try_get("media_type")?,
+        collection: row.try_get("collection")?,
         point_ids: serde_json::from_str(&point_ids)
             .map_err(|e| LedgerError::Corrupt(format!("point_ids: {e}")))?,
+        pending_point_ids: pending
+            .map(|p| serde_json::from_str(&p))
+            .transpose()
+            .map_err(|e| LedgerError::Corrupt(format!("pending_point_ids: {e}")))?,
         chunk_hashes: serde_json::from_str(&chunk_hashes)
             .map_err(|e| LedgerError::Corrupt(format!("chunk_hashes: {e}")))?,
         decode_warning: row.try_get("decode_warning")?,

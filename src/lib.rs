@@ -51,6 +51,8 @@ pub enum Error {
     NoIndex { data_dir: String },
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("fault injected at {0} (a test or drill stopped the run as a crash would)")]
+    Injected(String),
 }
 
 impl Error {

@@ -1,13 +1,15 @@
 //! The one pipeline: a source's change stream becomes committed batches (gate -> read,
 //! extract, chunk -> embed -> store -> ledger), then a sweep removes what the scan no
-//! longer saw.
+//! longer saw. `sync` and `plan` (a dry run) both run it.
 //!
-//! Invariant: per batch, points are upserted (applied and durable), then the documents'
-//! stale points are deleted, then the ledger rows are committed in one transaction. A
-//! crash at any step leaves the ledger behind the store, never ahead of it, and the next
-//! run redoes the affected documents.
+//! Invariant (the ledger protocol): the ledger never vouches for points the store lacks.
+//! Per batch: (1) the ledger records an intent (`pending`, with the ids about to be
+//! written), (2) new points are upserted (applied and durable), (3) stale points are
+//! deleted, (4) the final rows are committed in one transaction. A crash anywhere leaves
+//! `pending` rows that name every point that may exist, and the next run redoes exactly
+//! those documents.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ use crate::embed::Embedder;
 use crate::extract::{extract, ExtractError, MediaType};
 use crate::index::Index;
 use crate::ledger::{now, DocRecord, DocStatus, Ledger};
-use crate::store::{Payload, Point, PointId, VectorStore};
+use crate::store::{Filter, Payload, Point, PointId, VectorStore};
 use crate::telemetry::LiveCounters;
 use crate::{Error, Result};
 
@@ -40,9 +42,13 @@ const PREPARED_QUEUE: usize = 64;
 const COMMIT_QUEUE: usize = 1;
 /// Ledger keys read per page during the deletion sweep.
 const SWEEP_PAGE: usize = 1000;
+/// Chunk hashes looked up in the store at once when reusing vectors.
+const REUSE_LOOKUP: usize = 512;
 /// Attempts for a transient store or ledger error before the run gives up (nothing is
 /// marked done for the batch).
 const MAX_ATTEMPTS: u32 = 8;
+/// Documents a plan lists one by one (the counts cover all of them).
+pub const MAX_PLANNED: usize = 10_000;
 /// Share of a source's documents a sync may delete without `--allow-mass-delete`.
 pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
 
@@ -55,11 +61,37 @@ pub fn point_id(source_id: &str, doc_key: &str, chunk_index: u32) -> PointId {
     Uuid::new_v5(&POINT_NAMESPACE, name.as_bytes())
 }
 
+/// The steps of a batch commit, where a fault can be injected (tests, chaos drills).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitStep {
+    AfterIntent,
+    AfterUpsert,
+    AfterStaleDelete,
+    AfterCommit,
+}
+
+/// Called at each [`CommitStep`]; returning `true` aborts the run right there, as a crash
+/// would (without cleanup).
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn(CommitStep) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     pub allow_mass_delete: bool,
     pub max_delete_share: f64,
+    /// Retry failed documents even if they did not change.
+    pub retry_failed: bool,
+    /// Plan only: read and chunk what changed, write nothing.
+    pub dry_run: bool,
     pub live: Arc<LiveCounters>,
+    pub fault: Option<FaultHook>,
 }
 
 impl Default for SyncOptions {
@@ -67,12 +99,15 @@ impl Default for SyncOptions {
         Self {
             allow_mass_delete: false,
             max_delete_share: DEFAULT_MAX_DELETE_SHARE,
+            retry_failed: false,
+            dry_run: false,
             live: Arc::default(),
+            fault: None,
         }
     }
 }
 
-/// What one source's sync did.
+/// What one source's sync did (or, in a plan, would do).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceStats {
     pub source_id: String,
@@ -87,7 +122,10 @@ pub struct SourceStats {
     pub deleted: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Chunks run through the embedding model.
     pub chunks_embedded: u64,
+    /// Chunks whose vector was reused from an identical chunk already in the index.
+    pub chunks_reused: u64,
     /// Milliseconds spent inside the embedding model (the bottleneck by design).
     pub embed_ms: u64,
     /// Milliseconds spent writing the store and committing the ledger.
@@ -107,17 +145,32 @@ pub struct FailureNote {
     pub reason: String,
 }
 
-/// What a sync did, as printed by `freshet sync --json`.
+/// One document a plan would touch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedChange {
+    pub source_id: String,
+    pub doc_key: String,
+    /// `add`, `update`, `delete`, `fail`, `skip` or `touch` (version hint only).
+    pub action: &'static str,
+    pub chunks: usize,
+    pub chunks_to_embed: usize,
+}
+
+/// What a sync did, as printed by `freshet sync --json` (and `freshet plan --json`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
+    /// 0 for a plan (plans are not recorded).
     pub run_id: i64,
-    /// `completed`, `completed_with_failures` or `failed`.
+    /// `completed`, `completed_with_failures` or `failed` (`planned` for a plan).
     pub status: String,
     pub duration_ms: u64,
     pub sources: Vec<SourceStats>,
     pub totals: SourceStats,
     /// Documents that failed in this run (at most [`MAX_REPORTED_FAILURES`]).
     pub failures: Vec<FailureNote>,
+    /// For a plan: the documents it would change (at most [`MAX_PLANNED`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedChange>,
     pub error: Option<String>,
 }
 
@@ -128,8 +181,12 @@ pub const MAX_REPORTED_FAILURES: usize = 100;
 enum Work {
     /// New or changed content: embed these chunks and replace the document's points.
     Index(PreparedDoc),
-    /// Write this ledger row only (no points change).
-    Record { record: DocRecord, outcome: Outcome },
+    /// Write this ledger row, after deleting `drop_ids` from the store.
+    Record {
+        record: DocRecord,
+        outcome: Outcome,
+        drop_ids: Vec<PointId>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,14 +211,18 @@ struct PreparedDoc {
 /// A batch ready for the store: prepared documents with one vector per chunk.
 struct EmbeddedBatch {
     embed_ms: u64,
+    reused: u64,
     docs: Vec<(PreparedDoc, Vec<Vec<f32>>)>,
-    records: Vec<(DocRecord, Outcome)>,
+    records: Vec<(DocRecord, Outcome, Vec<PointId>)>,
+    /// Dry run: chunks each document would send to the model, by key.
+    to_embed: HashMap<String, usize>,
 }
 
 /// Shared, read-only context of one source's sync.
 struct Ctx {
     source_id: String,
     fingerprint: String,
+    collection: String,
     ledger: Ledger,
     embedder: Arc<dyn Embedder>,
     chunker: Arc<Chunker>,
@@ -169,7 +230,37 @@ struct Ctx {
     max_document_bytes: u64,
     parallel_documents: usize,
     commit_batch_chunks: usize,
+    retry_failed: bool,
+    dry_run: bool,
     live: Arc<LiveCounters>,
+    fault: Option<FaultHook>,
+}
+
+impl Ctx {
+    fn check_fault(&self, step: CommitStep) -> Result<()> {
+        match &self.fault {
+            Some(hook) if (hook.0)(step) => Err(Error::Injected(format!("{step:?}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The points a prior row may have in the current collection: what it vouches for,
+    /// plus, when a write was interrupted, what that write may have left.
+    fn maybe_present(&self, prior: Option<&DocRecord>) -> Vec<PointId> {
+        let Some(prior) = prior else {
+            return Vec::new();
+        };
+        if prior.collection != self.collection {
+            // Points of another collection (before a model change) go away with it.
+            return Vec::new();
+        }
+        let mut ids = prior.point_ids.clone();
+        if let Some(pending) = &prior.pending_point_ids {
+            let known: HashSet<PointId> = ids.iter().copied().collect();
+            ids.extend(pending.iter().filter(|id| !known.contains(id)));
+        }
+        ids
+    }
 }
 
 impl Index {
@@ -182,6 +273,16 @@ impl Index {
         self.sync_sources(sources, options).await
     }
 
+    /// What the next sync would add, update, delete and embed, without writing anything.
+    pub async fn plan(&self) -> Result<RunReport> {
+        self.sync(&SyncOptions {
+            dry_run: true,
+            allow_mass_delete: true,
+            ..SyncOptions::default()
+        })
+        .await
+    }
+
     /// Syncs these sources once, recording one run. Library users can bring their own
     /// [`Source`] implementations.
     pub async fn sync_sources(
@@ -191,14 +292,21 @@ impl Index {
     ) -> Result<RunReport> {
         let started = Instant::now();
         let source_ids: Vec<String> = sources.iter().map(|s| s.id().to_string()).collect();
-        let run_id = self.ledger.start_run(&source_ids).await?;
+        let run_id = if options.dry_run {
+            0
+        } else {
+            self.ledger.start_run(&source_ids).await?
+        };
         let mut stats_per_source = Vec::new();
         let mut failures = Vec::new();
+        let mut planned = Vec::new();
         let mut first_error = None;
         for source in sources {
             let source_id = source.id().to_string();
-            let (stats, source_failures) = match self.sync_source(source, options).await {
+            let outcome = self.sync_source(source, options).await;
+            let (stats, source_failures, source_planned) = match outcome {
                 Ok(done) => done,
+                Err(err @ Error::Injected(_)) => return Err(err),
                 Err(err) => {
                     tracing::error!(source = %source_id, error = %err, "source sync failed");
                     let stats = SourceStats {
@@ -206,17 +314,20 @@ impl Index {
                         error: Some(err.to_string()),
                         ..SourceStats::default()
                     };
-                    (stats, Vec::new())
+                    (stats, Vec::new(), Vec::new())
                 }
             };
             if first_error.is_none() {
                 first_error = stats.error.clone();
             }
             failures.extend(source_failures);
+            planned.extend(source_planned);
             stats_per_source.push(stats);
         }
         let totals = totals(&stats_per_source);
-        let status = if first_error.is_some() {
+        let status = if options.dry_run {
+            "planned"
+        } else if first_error.is_some() {
             "failed"
         } else if totals.failed > 0 {
             "completed_with_failures"
@@ -224,6 +335,7 @@ impl Index {
             "completed"
         };
         failures.truncate(MAX_REPORTED_FAILURES);
+        planned.truncate(MAX_PLANNED);
         let report = RunReport {
             run_id,
             status: status.to_string(),
@@ -231,12 +343,19 @@ impl Index {
             sources: stats_per_source,
             totals,
             failures,
+            planned,
             error: first_error,
         };
-        let stats = serde_json::to_value(&report).expect("report serializes");
-        self.ledger
-            .finish_run(run_id, status, &stats, report.error.as_deref())
-            .await?;
+        if !options.dry_run {
+            // A new collection (another model) becomes the one queries use only once a
+            // sync of every source completed in it.
+            let complete = report.error.is_none() && report.totals.scan_complete;
+            self.publish_collection(complete)?;
+            let stats = serde_json::to_value(&report).expect("report serializes");
+            self.ledger
+                .finish_run(run_id, status, &stats, report.error.as_deref())
+                .await?;
+        }
         Ok(report)
     }
 
@@ -244,10 +363,11 @@ impl Index {
         &self,
         source: Box<dyn Source>,
         options: &SyncOptions,
-    ) -> Result<(SourceStats, Vec<FailureNote>)> {
+    ) -> Result<(SourceStats, Vec<FailureNote>, Vec<PlannedChange>)> {
         let ctx = Arc::new(Ctx {
             source_id: source.id().to_string(),
             fingerprint: self.fingerprint(),
+            collection: self.info.collection.clone(),
             ledger: self.ledger.clone(),
             embedder: self.embedder.clone(),
             chunker: self.chunker.clone(),
@@ -255,16 +375,18 @@ impl Index {
             max_document_bytes: self.config.pipeline.max_document_bytes,
             parallel_documents: self.config.parallel_documents(),
             commit_batch_chunks: self.config.pipeline.commit_batch_chunks,
+            retry_failed: options.retry_failed,
+            dry_run: options.dry_run,
             live: options.live.clone(),
+            fault: options.fault.clone(),
         });
 
         let (change_tx, change_rx) = mpsc::channel(self.config.pipeline.channel_depth);
         let (work_tx, work_rx) = mpsc::channel(PREPARED_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel(COMMIT_QUEUE);
-        let cancel = CancellationToken::new();
         let source_cx = SourceContext {
             changes: change_tx,
-            cancel: cancel.clone(),
+            cancel: CancellationToken::new(),
             follow: false,
         };
 
@@ -277,7 +399,7 @@ impl Index {
 
         // Later stages first: when one fails, the stages before it fail only because it
         // stopped listening, and the user needs the first cause.
-        let (mut stats, failures) = commit_result?;
+        let (mut stats, failures, mut planned) = commit_result?;
         embed_result?;
         let gate = gate_result?;
         stats.source_id = ctx.source_id.clone();
@@ -286,13 +408,13 @@ impl Index {
         if let Err(err) = source_result {
             // The scan did not finish: what it reported is indexed, nothing is deleted.
             stats.error = Some(err.to_string());
-            return Ok((stats, failures));
+            return Ok((stats, failures, planned));
         }
         if gate.scan_complete {
             stats.scan_complete = true;
-            sweep(&ctx, &gate.seen, options, &mut stats).await?;
+            sweep(&ctx, &gate.seen, options, &mut stats, &mut planned).await?;
         }
-        Ok((stats, failures))
+        Ok((stats, failures, planned))
     }
 }
 
@@ -328,6 +450,7 @@ fn totals(sources: &[SourceStats]) -> SourceStats {
         t.failed += s.failed;
         t.skipped += s.skipped;
         t.chunks_embedded += s.chunks_embedded;
+        t.chunks_reused += s.chunks_reused;
         t.embed_ms += s.embed_ms;
         t.commit_ms += s.commit_ms;
         t.points_upserted += s.points_upserted;
@@ -393,12 +516,10 @@ async fn gate_and_prepare(
         for doc in upserts {
             outcome.seen.insert(key_hash(&doc.key));
             let prior = known.remove(&doc.key);
-            if let Some(prior) = &prior {
-                if prior.version_hint == doc.version && prior.fingerprint == ctx.fingerprint {
-                    outcome.unchanged += 1;
-                    LiveCounters::add(&ctx.live.finished, 1);
-                    continue;
-                }
+            if prior.as_ref().is_some_and(|p| is_current(&ctx, p, &doc)) {
+                outcome.unchanged += 1;
+                LiveCounters::add(&ctx.live.finished, 1);
+                continue;
             }
             while in_flight.len() >= ctx.parallel_documents {
                 let done = in_flight.join_next().await.expect("set is not empty");
@@ -414,6 +535,16 @@ async fn gate_and_prepare(
     Ok(outcome)
 }
 
+/// Whether the ledger row already describes this version under these settings, so the
+/// document need not even be read.
+fn is_current(ctx: &Ctx, prior: &DocRecord, doc: &RawDoc) -> bool {
+    prior.status != DocStatus::Pending
+        && !(ctx.retry_failed && prior.status == DocStatus::Failed)
+        && prior.version_hint == doc.version
+        && prior.fingerprint == ctx.fingerprint
+        && (prior.point_ids.is_empty() || prior.collection == ctx.collection)
+}
+
 async fn send<T>(tx: &mpsc::Sender<T>, item: T) -> Result<()> {
     tx.send(item)
         .await
@@ -422,10 +553,36 @@ async fn send<T>(tx: &mpsc::Sender<T>, item: T) -> Result<()> {
 
 /// Reads, hashes, extracts and chunks one document (blocking).
 fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
-    let record =
-        |status: DocStatus, reason: String, hash: Option<String>, media: Option<MediaType>| {
-            let prior = prior.as_ref();
-            DocRecord {
+    let maybe_present = ctx.maybe_present(prior.as_ref());
+    let record = |status: DocStatus,
+                  reason: String,
+                  hash: Option<String>,
+                  media: Option<MediaType>|
+     -> Work {
+        let prior = prior.as_ref();
+        // A document that fails keeps serving the points its row vouches for, until it is
+        // fixed; one that is skipped (now empty, unsupported) has nothing to serve. Points
+        // an interrupted write may have left are never vouched for: they go.
+        let keep: Vec<PointId> = match (status, prior) {
+            (DocStatus::Failed, Some(p))
+                if p.status != DocStatus::Pending && p.collection == ctx.collection =>
+            {
+                p.point_ids.clone()
+            }
+            _ => Vec::new(),
+        };
+        let drop_ids: Vec<PointId> = maybe_present
+            .iter()
+            .filter(|id| !keep.contains(id))
+            .copied()
+            .collect();
+        let outcome = if status == DocStatus::Failed {
+            Outcome::Failed
+        } else {
+            Outcome::Skipped
+        };
+        Work::Record {
+            record: DocRecord {
                 source_id: ctx.source_id.clone(),
                 doc_key: doc.key.clone(),
                 version_hint: doc.version.clone(),
@@ -434,14 +591,22 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
                 status,
                 reason: Some(reason),
                 media_type: media.map(|m| media_name(m).to_string()),
-                // A document that fails keeps serving its previous points until it is fixed.
-                point_ids: prior.map(|p| p.point_ids.clone()).unwrap_or_default(),
-                chunk_hashes: prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default(),
+                collection: ctx.collection.clone(),
+                chunk_hashes: if keep.is_empty() {
+                    Vec::new()
+                } else {
+                    prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default()
+                },
+                point_ids: keep,
+                pending_point_ids: None,
                 decode_warning: None,
                 first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
                 updated_at: now(),
-            }
-        };
+            },
+            outcome,
+            drop_ids,
+        }
+    };
     let Some(media) = MediaType::from_key(&doc.key) else {
         let ext = doc.key.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
         let reason = if ext.is_empty() {
@@ -449,25 +614,18 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
         } else {
             format!("unsupported file type (.{ext}); add it to `exclude` to silence this")
         };
-        return Work::Record {
-            record: record(DocStatus::Skipped, reason, None, None),
-            outcome: Outcome::Skipped,
-        };
+        return record(DocStatus::Skipped, reason, None, None);
     };
     let bytes = match doc.content.read(ctx.max_document_bytes) {
         Ok(bytes) => bytes,
-        Err(err) => {
-            return Work::Record {
-                record: record(DocStatus::Failed, err.to_string(), None, Some(media)),
-                outcome: Outcome::Failed,
-            }
-        }
+        Err(err) => return record(DocStatus::Failed, err.to_string(), None, Some(media)),
     };
     let hash = content_hash(&bytes);
     if let Some(p) = &prior {
         if p.status == DocStatus::Indexed
             && p.content_hash.as_deref() == Some(hash.as_str())
             && p.fingerprint == ctx.fingerprint
+            && p.collection == ctx.collection
         {
             let mut same = p.clone();
             same.version_hint = doc.version.clone();
@@ -475,6 +633,7 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
             return Work::Record {
                 record: same,
                 outcome: Outcome::ContentUnchanged,
+                drop_ids: Vec::new(),
             };
         }
     }
@@ -489,15 +648,12 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
     match parsed {
         Ok(Ok((extracted, chunks))) => {
             if chunks.is_empty() {
-                return Work::Record {
-                    record: record(
-                        DocStatus::Skipped,
-                        "no text to index after cleaning".into(),
-                        Some(hash),
-                        Some(media),
-                    ),
-                    outcome: Outcome::Skipped,
-                };
+                return record(
+                    DocStatus::Skipped,
+                    "no text to index after cleaning".into(),
+                    Some(hash),
+                    Some(media),
+                );
             }
             Work::Index(PreparedDoc {
                 key: doc.key,
@@ -510,29 +666,27 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
                 prior,
             })
         }
-        Ok(Err(ExtractError::Skip(reason))) => Work::Record {
-            record: record(DocStatus::Skipped, reason, Some(hash), Some(media)),
-            outcome: Outcome::Skipped,
-        },
-        Ok(Err(ExtractError::Invalid(reason))) => Work::Record {
-            record: record(DocStatus::Failed, reason, Some(hash), Some(media)),
-            outcome: Outcome::Failed,
-        },
+        Ok(Err(ExtractError::Skip(reason))) => {
+            record(DocStatus::Skipped, reason, Some(hash), Some(media))
+        }
+        Ok(Err(ExtractError::Invalid(reason))) => {
+            record(DocStatus::Failed, reason, Some(hash), Some(media))
+        }
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Work::Record {
-                record: record(
-                    DocStatus::Failed,
-                    format!("the {} parser crashed on this document ({what}); please report it with the file", media_name(media)),
-                    Some(hash),
-                    Some(media),
+            record(
+                DocStatus::Failed,
+                format!(
+                    "the {} parser crashed on this document ({what}); please report it with the file",
+                    media_name(media)
                 ),
-                outcome: Outcome::Failed,
-            }
+                Some(hash),
+                Some(media),
+            )
         }
     }
 }
@@ -547,8 +701,9 @@ fn media_name(media: MediaType) -> &'static str {
     }
 }
 
-/// Stage 2: groups prepared documents into batches of about `commit_batch_chunks` chunks
-/// and embeds each batch on the blocking pool, while stage 1 prepares the next.
+/// Stage 2: groups prepared documents into batches of about `commit_batch_chunks` chunks,
+/// reuses vectors of chunks the index already holds, and embeds the rest on the blocking
+/// pool while stage 1 prepares the next batch.
 async fn embed_batches(
     ctx: Arc<Ctx>,
     mut work: mpsc::Receiver<Work>,
@@ -565,20 +720,42 @@ async fn embed_batches(
                     chunk_count += doc.chunks.len();
                     docs.push(doc);
                 }
-                Work::Record { record, outcome } => records.push((record, outcome)),
+                Work::Record {
+                    record,
+                    outcome,
+                    drop_ids,
+                } => records.push((record, outcome, drop_ids)),
             }
             if chunk_count < ctx.commit_batch_chunks && records.len() < GATE_BATCH {
                 next = work.try_recv().ok();
             }
         }
         let started = Instant::now();
-        let embedded = embed_docs(&ctx, docs, &mut records).await?;
+        let known = reusable_vectors(&ctx, &docs).await?;
+        let mut to_embed = HashMap::new();
+        let mut reused = 0;
+        for doc in &docs {
+            let new = doc
+                .chunks
+                .iter()
+                .filter(|c| !known.contains_key(&c.hash))
+                .count();
+            reused += (doc.chunks.len() - new) as u64;
+            to_embed.insert(doc.key.clone(), new);
+        }
+        let embedded = if ctx.dry_run {
+            docs.into_iter().map(|doc| (doc, Vec::new())).collect()
+        } else {
+            embed_docs(&ctx, docs, &known, &mut records).await?
+        };
         send(
             &batches,
             EmbeddedBatch {
                 embed_ms: started.elapsed().as_millis() as u64,
+                reused,
                 docs: embedded,
                 records,
+                to_embed,
             },
         )
         .await?;
@@ -586,60 +763,117 @@ async fn embed_batches(
     Ok(())
 }
 
-/// Embeds every chunk of `docs` in one call; if that fails, document by document, so a
-/// document the model cannot take fails alone.
+/// Vectors of chunks (by chunk hash) that some point in the index already has: the same
+/// text embedded by the same model, whichever document it came from. This makes edits
+/// re-embed only changed chunks and renames re-embed nothing.
+async fn reusable_vectors(ctx: &Ctx, docs: &[PreparedDoc]) -> Result<HashMap<String, Vec<f32>>> {
+    let mut wanted: Vec<String> = docs
+        .iter()
+        .flat_map(|d| d.chunks.iter().map(|c| c.hash.clone()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    wanted.sort();
+    let mut found = HashMap::new();
+    for hashes in wanted.chunks(REUSE_LOOKUP) {
+        let filter = Filter::default().any_of("chunk_hash", hashes.to_vec());
+        let mut offset = None;
+        loop {
+            let (points, next) = ctx
+                .store
+                .scroll(offset, REUSE_LOOKUP, Some(filter.clone()), true)
+                .await?;
+            for point in points {
+                let hash = point.payload.get("chunk_hash").and_then(|h| h.as_str());
+                if let (Some(hash), Some(vector)) = (hash, point.vector) {
+                    if vector.len() == ctx.embedder.dim() {
+                        found.insert(hash.to_string(), vector);
+                    }
+                }
+            }
+            match next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Embeds the chunks of `docs` that `known` lacks, in one call; if that fails, document
+/// by document, so a document the model cannot take fails alone.
 async fn embed_docs(
     ctx: &Arc<Ctx>,
     docs: Vec<PreparedDoc>,
-    records: &mut Vec<(DocRecord, Outcome)>,
+    known: &HashMap<String, Vec<f32>>,
+    records: &mut Vec<(DocRecord, Outcome, Vec<PointId>)>,
 ) -> Result<Vec<(PreparedDoc, Vec<Vec<f32>>)>> {
     if docs.is_empty() {
         return Ok(Vec::new());
     }
+    let texts: Vec<String> = docs
+        .iter()
+        .flat_map(|d| d.chunks.iter())
+        .filter(|c| !known.contains_key(&c.hash))
+        .map(|c| c.embed_text.clone())
+        .collect();
     let embedder = ctx.embedder.clone();
-    let (docs, result) = tokio::task::spawn_blocking(move || {
-        let texts: Vec<&str> = docs
-            .iter()
-            .flat_map(|d| d.chunks.iter().map(|c| c.embed_text.as_str()))
-            .collect();
-        let result = embedder.embed(&texts);
-        (docs, result)
+    let result = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        embedder.embed(&refs)
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))?;
-    let vectors = match result {
+    let fresh = match result {
         Ok(vectors) => vectors,
         Err(err) if docs.len() == 1 => {
             let doc = docs.into_iter().next().expect("one doc");
             tracing::warn!(source = %ctx.source_id, key = %doc.key, error = %err, "embedding failed");
-            records.push((
-                failed_embedding(ctx, &doc, &err.to_string()),
-                Outcome::Failed,
-            ));
+            let (record, drop_ids) = failed_embedding(ctx, &doc, &err.to_string());
+            records.push((record, Outcome::Failed, drop_ids));
             return Ok(Vec::new());
         }
         Err(err) => {
             tracing::warn!(source = %ctx.source_id, error = %err, "batch embedding failed; retrying document by document");
             let mut out = Vec::new();
             for doc in docs {
-                out.extend(Box::pin(embed_docs(ctx, vec![doc], records)).await?);
+                out.extend(Box::pin(embed_docs(ctx, vec![doc], known, records)).await?);
             }
             return Ok(out);
         }
     };
-    LiveCounters::add(&ctx.live.chunks_embedded, vectors.len() as u64);
-    let mut vectors = vectors.into_iter();
+    LiveCounters::add(&ctx.live.chunks_embedded, fresh.len() as u64);
+    let mut fresh = fresh.into_iter();
     Ok(docs
         .into_iter()
         .map(|doc| {
-            let mine: Vec<Vec<f32>> = vectors.by_ref().take(doc.chunks.len()).collect();
-            (doc, mine)
+            let vectors: Vec<Vec<f32>> = doc
+                .chunks
+                .iter()
+                .map(|c| match known.get(&c.hash) {
+                    Some(v) => v.clone(),
+                    None => fresh.next().expect("one fresh vector per unknown chunk"),
+                })
+                .collect();
+            (doc, vectors)
         })
         .collect())
 }
 
-fn failed_embedding(ctx: &Ctx, doc: &PreparedDoc, reason: &str) -> DocRecord {
-    DocRecord {
+fn failed_embedding(ctx: &Ctx, doc: &PreparedDoc, reason: &str) -> (DocRecord, Vec<PointId>) {
+    let prior = doc.prior.as_ref();
+    let keep: Vec<PointId> = match prior {
+        Some(p) if p.status != DocStatus::Pending && p.collection == ctx.collection => {
+            p.point_ids.clone()
+        }
+        _ => Vec::new(),
+    };
+    let drop_ids = ctx
+        .maybe_present(prior)
+        .into_iter()
+        .filter(|id| !keep.contains(id))
+        .collect();
+    let record = DocRecord {
         source_id: ctx.source_id.clone(),
         doc_key: doc.key.clone(),
         version_hint: doc.version.clone(),
@@ -650,52 +884,96 @@ fn failed_embedding(ctx: &Ctx, doc: &PreparedDoc, reason: &str) -> DocRecord {
             "the embedding model rejected this document: {reason}"
         )),
         media_type: Some(media_name(doc.media).to_string()),
-        point_ids: doc
-            .prior
-            .as_ref()
-            .map(|p| p.point_ids.clone())
-            .unwrap_or_default(),
-        chunk_hashes: doc
-            .prior
-            .as_ref()
-            .map(|p| p.chunk_hashes.clone())
-            .unwrap_or_default(),
+        collection: ctx.collection.clone(),
+        chunk_hashes: if keep.is_empty() {
+            Vec::new()
+        } else {
+            prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default()
+        },
+        point_ids: keep,
+        pending_point_ids: None,
         decode_warning: doc.decode_warning.clone(),
-        first_indexed_at: doc.prior.as_ref().and_then(|p| p.first_indexed_at.clone()),
+        first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
+        updated_at: now(),
+    };
+    (record, drop_ids)
+}
+
+/// The intent row written before a document's points change: every point that may exist
+/// once the write is done or dies half-way.
+fn intent(ctx: &Ctx, key: &str, prior: Option<&DocRecord>, writing: Vec<PointId>) -> DocRecord {
+    DocRecord {
+        source_id: ctx.source_id.clone(),
+        doc_key: key.to_string(),
+        version_hint: prior.map(|p| p.version_hint.clone()).unwrap_or_default(),
+        content_hash: prior.and_then(|p| p.content_hash.clone()),
+        fingerprint: prior.map(|p| p.fingerprint.clone()).unwrap_or_default(),
+        status: DocStatus::Pending,
+        reason: None,
+        media_type: prior.and_then(|p| p.media_type.clone()),
+        collection: ctx.collection.clone(),
+        point_ids: ctx.maybe_present(prior),
+        pending_point_ids: Some(writing),
+        chunk_hashes: Vec::new(),
+        decode_warning: None,
+        first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
         updated_at: now(),
     }
 }
 
-/// Stage 3: for each batch, upsert points, delete stale points, commit the ledger, in that
-/// order (the ledger protocol).
+/// Stage 3: for each batch, the ledger protocol: intent, upsert, delete stale, commit.
 async fn commit_batches(
     ctx: Arc<Ctx>,
     mut batches: mpsc::Receiver<EmbeddedBatch>,
-) -> Result<(SourceStats, Vec<FailureNote>)> {
+) -> Result<(SourceStats, Vec<FailureNote>, Vec<PlannedChange>)> {
     let mut stats = SourceStats::default();
     let mut failures = Vec::new();
+    let mut planned = Vec::new();
     while let Some(batch) = batches.recv().await {
         stats.embed_ms += batch.embed_ms;
+        stats.chunks_reused += batch.reused;
         let indexed_at = now();
+        let mut intents = Vec::new();
         let mut points = Vec::new();
         let mut stale = Vec::new();
-        let mut records = Vec::new();
+        let mut finals = Vec::new();
         for (doc, vectors) in batch.docs {
             let ids: Vec<PointId> = doc
                 .chunks
                 .iter()
                 .map(|c| point_id(&ctx.source_id, &doc.key, c.index))
                 .collect();
-            if let Some(prior) = &doc.prior {
-                let keep: HashSet<&PointId> = ids.iter().collect();
-                stale.extend(
-                    prior
-                        .point_ids
-                        .iter()
-                        .filter(|id| !keep.contains(id))
-                        .copied(),
-                );
+            let was_indexed = doc
+                .prior
+                .as_ref()
+                .is_some_and(|p| !p.point_ids.is_empty() || p.status == DocStatus::Indexed);
+            let to_embed = batch.to_embed.get(&doc.key).copied().unwrap_or(0);
+            if was_indexed {
+                stats.updated += 1;
+            } else {
+                stats.added += 1;
             }
+            stats.chunks_embedded += to_embed as u64;
+            if ctx.dry_run {
+                planned.push(PlannedChange {
+                    source_id: ctx.source_id.clone(),
+                    doc_key: doc.key.clone(),
+                    action: if was_indexed { "update" } else { "add" },
+                    chunks: doc.chunks.len(),
+                    chunks_to_embed: to_embed,
+                });
+                continue;
+            }
+            let intent = intent(&ctx, &doc.key, doc.prior.as_ref(), ids.clone());
+            let keep: HashSet<&PointId> = ids.iter().collect();
+            stale.extend(
+                intent
+                    .point_ids
+                    .iter()
+                    .filter(|id| !keep.contains(id))
+                    .copied(),
+            );
+            intents.push(intent);
             for ((chunk, vector), id) in doc.chunks.iter().zip(vectors).zip(&ids) {
                 points.push(Point {
                     id: *id,
@@ -703,14 +981,7 @@ async fn commit_batches(
                     payload: payload(&ctx, &doc, chunk, &indexed_at),
                 });
             }
-            match &doc.prior {
-                Some(p) if !p.point_ids.is_empty() || p.status == DocStatus::Indexed => {
-                    stats.updated += 1
-                }
-                _ => stats.added += 1,
-            }
-            stats.chunks_embedded += doc.chunks.len() as u64;
-            records.push(DocRecord {
+            finals.push(DocRecord {
                 source_id: ctx.source_id.clone(),
                 doc_key: doc.key.clone(),
                 version_hint: doc.version.clone(),
@@ -719,8 +990,10 @@ async fn commit_batches(
                 status: DocStatus::Indexed,
                 reason: None,
                 media_type: Some(media_name(doc.media).to_string()),
+                collection: ctx.collection.clone(),
                 chunk_hashes: doc.chunks.iter().map(|c| c.hash.clone()).collect(),
                 point_ids: ids,
+                pending_point_ids: None,
                 decode_warning: doc.decode_warning.clone(),
                 first_indexed_at: Some(
                     doc.prior
@@ -731,10 +1004,16 @@ async fn commit_batches(
                 updated_at: indexed_at.clone(),
             });
         }
-        for (record, outcome) in batch.records {
-            match outcome {
-                Outcome::ContentUnchanged => stats.content_unchanged += 1,
-                Outcome::Skipped => stats.skipped += 1,
+        for (record, outcome, drop_ids) in batch.records {
+            let action = match outcome {
+                Outcome::ContentUnchanged => {
+                    stats.content_unchanged += 1;
+                    "touch"
+                }
+                Outcome::Skipped => {
+                    stats.skipped += 1;
+                    "skip"
+                }
                 Outcome::Failed => {
                     stats.failed += 1;
                     failures.push(FailureNote {
@@ -742,40 +1021,85 @@ async fn commit_batches(
                         doc_key: record.doc_key.clone(),
                         reason: record.reason.clone().unwrap_or_default(),
                     });
-                    tracing::warn!(source = %record.source_id, key = %record.doc_key, reason = record.reason.as_deref().unwrap_or(""), "document failed");
+                    if !ctx.dry_run {
+                        tracing::warn!(source = %record.source_id, key = %record.doc_key, reason = record.reason.as_deref().unwrap_or(""), "document failed");
+                    }
+                    "fail"
                 }
+            };
+            if ctx.dry_run {
+                planned.push(PlannedChange {
+                    source_id: ctx.source_id.clone(),
+                    doc_key: record.doc_key.clone(),
+                    action,
+                    chunks: 0,
+                    chunks_to_embed: 0,
+                });
+                continue;
             }
-            records.push(record);
+            if !drop_ids.is_empty() {
+                let mut pending = record.clone();
+                pending.status = DocStatus::Pending;
+                pending.point_ids = record.point_ids.iter().chain(&drop_ids).copied().collect();
+                pending.pending_point_ids = Some(record.point_ids.clone());
+                intents.push(pending);
+                stale.extend(drop_ids);
+            }
+            finals.push(record);
         }
-        let upserted = points.len() as u64;
-        let deleted = stale.len() as u64;
-        let commit_started = Instant::now();
-        let store = ctx.store.clone();
-        retry("store upsert", || {
-            let store = store.clone();
-            let points = points.clone();
-            async move { store.upsert(points).await.map_err(Error::from) }
-        })
-        .await?;
-        retry("store delete", || {
-            let store = store.clone();
-            let stale = stale.clone();
-            async move { store.delete(stale).await.map_err(Error::from) }
-        })
-        .await?;
-        retry("ledger commit", || {
-            let ledger = ctx.ledger.clone();
-            let records = &records;
-            async move { ledger.commit(records).await.map_err(Error::from) }
-        })
-        .await?;
-        stats.commit_ms += commit_started.elapsed().as_millis() as u64;
+        if ctx.dry_run {
+            continue;
+        }
+        let committed = finals.len() as u64;
+        let (upserted, deleted) = (points.len() as u64, stale.len() as u64);
+        let started = Instant::now();
+        commit_protocol(&ctx, intents, points, stale, finals).await?;
+        stats.commit_ms += started.elapsed().as_millis() as u64;
         stats.points_upserted += upserted;
         stats.points_deleted += deleted;
-        LiveCounters::add(&ctx.live.finished, records.len() as u64);
-        tracing::debug!(source = %ctx.source_id, docs = records.len(), points = upserted, stale = deleted, "batch committed");
+        LiveCounters::add(&ctx.live.finished, committed);
+        tracing::debug!(source = %ctx.source_id, docs = committed, points = upserted, stale = deleted, "batch committed");
     }
-    Ok((stats, failures))
+    Ok((stats, failures, planned))
+}
+
+/// Intent, upsert, delete, commit: the order that keeps the ledger from ever vouching
+/// for points the store lacks.
+async fn commit_protocol(
+    ctx: &Ctx,
+    intents: Vec<DocRecord>,
+    points: Vec<Point>,
+    stale: Vec<PointId>,
+    finals: Vec<DocRecord>,
+) -> Result<()> {
+    let ledger = &ctx.ledger;
+    let store = &ctx.store;
+    if !intents.is_empty() {
+        retry("ledger intent", || async {
+            ledger.commit(&intents).await.map_err(Error::from)
+        })
+        .await?;
+    }
+    ctx.check_fault(CommitStep::AfterIntent)?;
+    if !points.is_empty() {
+        retry("store upsert", || async {
+            store.upsert(points.clone()).await.map_err(Error::from)
+        })
+        .await?;
+    }
+    ctx.check_fault(CommitStep::AfterUpsert)?;
+    if !stale.is_empty() {
+        retry("store delete", || async {
+            store.delete(stale.clone()).await.map_err(Error::from)
+        })
+        .await?;
+    }
+    ctx.check_fault(CommitStep::AfterStaleDelete)?;
+    retry("ledger commit", || async {
+        ledger.commit(&finals).await.map_err(Error::from)
+    })
+    .await?;
+    ctx.check_fault(CommitStep::AfterCommit)
 }
 
 fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Payload {
@@ -832,6 +1156,7 @@ async fn sweep(
     seen: &HashSet<u128>,
     options: &SyncOptions,
     stats: &mut SourceStats,
+    planned: &mut Vec<PlannedChange>,
 ) -> Result<()> {
     let mut gone = Vec::new();
     let mut after: Option<String> = None;
@@ -863,30 +1188,48 @@ async fn sweep(
     for keys in gone.chunks(GATE_BATCH) {
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let records = ctx.ledger.lookup(&ctx.source_id, &refs).await?;
-        let ids: Vec<PointId> = records
-            .values()
-            .flat_map(|r| r.point_ids.iter().copied())
-            .collect();
-        let count = ids.len() as u64;
-        let store = ctx.store.clone();
-        retry("store delete", || {
-            let store = store.clone();
-            let ids = ids.clone();
-            async move { store.delete(ids).await.map_err(Error::from) }
-        })
-        .await?;
-        retry("ledger remove", || {
-            let ledger = ctx.ledger.clone();
-            async move {
-                ledger
-                    .remove(&ctx.source_id, keys)
-                    .await
-                    .map_err(Error::from)
+        let mut intents = Vec::new();
+        let mut ids = Vec::new();
+        for record in records.values() {
+            let mut intent = intent(ctx, &record.doc_key, Some(record), Vec::new());
+            intent.pending_point_ids = Some(Vec::new());
+            ids.extend(intent.point_ids.iter().copied());
+            intents.push(intent);
+            if ctx.dry_run {
+                planned.push(PlannedChange {
+                    source_id: ctx.source_id.clone(),
+                    doc_key: record.doc_key.clone(),
+                    action: "delete",
+                    chunks: record.point_ids.len(),
+                    chunks_to_embed: 0,
+                });
             }
+        }
+        stats.deleted += keys.len() as u64;
+        stats.points_deleted += ids.len() as u64;
+        if ctx.dry_run {
+            continue;
+        }
+        let ledger = &ctx.ledger;
+        let store = &ctx.store;
+        retry("ledger intent", || async {
+            ledger.commit(&intents).await.map_err(Error::from)
         })
         .await?;
-        stats.deleted += keys.len() as u64;
-        stats.points_deleted += count;
+        ctx.check_fault(CommitStep::AfterIntent)?;
+        retry("store delete", || async {
+            store.delete(ids.clone()).await.map_err(Error::from)
+        })
+        .await?;
+        ctx.check_fault(CommitStep::AfterStaleDelete)?;
+        retry("ledger remove", || async {
+            ledger
+                .remove(&ctx.source_id, keys)
+                .await
+                .map_err(Error::from)
+        })
+        .await?;
+        ctx.check_fault(CommitStep::AfterCommit)?;
     }
     Ok(())
 }
@@ -898,7 +1241,6 @@ mod tests {
     #[test]
     fn point_ids_are_stable_and_distinct() {
         let a = point_id("docs", "a.md", 0);
-        assert_eq!(a, point_id("docs", "a.md", 0));
         // Pinned: ids must not change between releases, or every index re-uploads and
         // old points become orphans.
         assert_eq!(a.to_string(), "16ccd63d-9176-53d8-a47e-c8bbd26d624a");

@@ -9,12 +9,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    Condition, CountRequest, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldCondition,
-    JsonPath, PointId as EdgePointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, ScrollRequest, SearchRequest, UpdateOperation, WithPayloadInterface, WithVector,
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
+    FieldCondition, FieldIndexOperations, JsonPath, PayloadFieldSchema, PayloadSchemaType,
+    PointId as EdgePointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
+    ScrollRequest, SearchRequest, UpdateOperation, WithPayloadInterface, WithVector,
 };
 
-use super::{Filter, Hit, Payload, Point, PointId, StoreError, StoredPoint, VectorStore};
+use super::{
+    Filter, Hit, Payload, Point, PointId, StoreError, StoredPoint, VectorStore, INDEXED_FIELDS,
+};
 
 pub struct EdgeStore {
     path: PathBuf,
@@ -95,7 +98,22 @@ fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
             .vector("", EdgeVectorParams::builder(dim, Distance::Cosine).build())
             .on_disk_payload(true)
             .build();
-        EdgeShard::new(path, config).map_err(|err| open_err(err.to_string()))
+        let shard = EdgeShard::new(path, config).map_err(|err| open_err(err.to_string()))?;
+        for field in INDEXED_FIELDS {
+            let field_name = JsonPath::try_from(field).expect("a plain field name is a path");
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name,
+                        field_schema: Some(PayloadFieldSchema::FieldType(
+                            PayloadSchemaType::Keyword,
+                        )),
+                    }),
+                ))
+                .map_err(|err| open_err(format!("cannot index payload field {field}: {err}")))?;
+        }
+        shard.flush();
+        Ok(shard)
     }
 }
 
@@ -136,25 +154,20 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn to_edge_filter(filter: Option<Filter>) -> Option<qdrant_edge::Filter> {
-    let filter = filter?;
-    if filter.must_equal.is_empty() {
-        return None;
-    }
-    let conditions: Vec<Condition> = filter
-        .must_equal
+    let conditions: Vec<Condition> = filter?
+        .conditions
         .into_iter()
-        .filter_map(|(key, value)| {
+        .filter_map(|condition| {
+            let (key, matcher): (String, qdrant_edge::Match) = match condition {
+                super::Condition::Equals(key, value) => (key, value.into()),
+                super::Condition::AnyOf(key, values) => (key, values.into()),
+            };
             let path = JsonPath::try_from(key.as_str()).ok()?;
-            Some(Condition::Field(FieldCondition::new_match(
-                path,
-                value.into(),
-            )))
+            Some(Condition::Field(FieldCondition::new_match(path, matcher)))
         })
         .collect();
-    if conditions.is_empty() {
-        return None;
-    }
-    let mut edge = qdrant_edge::Filter::new_must(conditions[0].clone());
+    let first = conditions.first()?.clone();
+    let mut edge = qdrant_edge::Filter::new_must(first);
     edge.must = Some(conditions);
     Some(edge)
 }

@@ -39,18 +39,37 @@ pub struct StoredPoint {
     pub vector: Option<Vec<f32>>,
 }
 
-/// Keyword equality conditions on payload fields, all of which must hold.
+/// Keyword conditions on payload fields, all of which must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    pub must_equal: Vec<(String, String)>,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The field equals this value.
+    Equals(String, String),
+    /// The field equals one of these values.
+    AnyOf(String, Vec<String>),
 }
 
 impl Filter {
     pub fn field(mut self, key: &str, value: &str) -> Self {
-        self.must_equal.push((key.to_string(), value.to_string()));
+        self.conditions
+            .push(Condition::Equals(key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn any_of(mut self, key: &str, values: Vec<String>) -> Self {
+        self.conditions
+            .push(Condition::AnyOf(key.to_string(), values));
         self
     }
 }
+
+/// Payload fields the store indexes for filtering (chunk reuse looks points up by
+/// `chunk_hash`; queries and verification filter by source and document).
+pub const INDEXED_FIELDS: [&str; 3] = ["chunk_hash", "source_id", "doc_key"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
