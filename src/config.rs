@@ -139,6 +139,10 @@ pub struct PipelineConfig {
     /// Documents read and parsed at once (on the blocking pool); 0 means one per core.
     #[serde(default)]
     pub parallel_documents: usize,
+    /// Largest share of a source's documents one sync may delete (0.0 to 1.0); a sync
+    /// that would delete more refuses unless run with `--allow-mass-delete`.
+    #[serde(default = "default_max_delete_share")]
+    pub max_delete_share: f64,
 }
 
 const fn yes() -> bool {
@@ -167,6 +171,9 @@ const fn default_channel_depth() -> usize {
 }
 const fn default_commit_batch_chunks() -> usize {
     256
+}
+const fn default_max_delete_share() -> f64 {
+    0.5
 }
 const fn default_max_document_bytes() -> u64 {
     64 * 1024 * 1024
@@ -203,6 +210,7 @@ impl Default for PipelineConfig {
             commit_batch_chunks: default_commit_batch_chunks(),
             max_document_bytes: default_max_document_bytes(),
             parallel_documents: 0,
+            max_delete_share: default_max_delete_share(),
         }
     }
 }
@@ -345,6 +353,12 @@ impl Config {
             return invalid(
                 "pipeline.channel_depth and pipeline.commit_batch_chunks must be at least 1".into(),
             );
+        }
+        if !(0.0..=1.0).contains(&pipeline.max_delete_share) {
+            return invalid(format!(
+                "pipeline.max_delete_share = {} must be between 0.0 and 1.0",
+                pipeline.max_delete_share
+            ));
         }
         if pipeline.max_document_bytes == 0 {
             return invalid("pipeline.max_document_bytes must be at least 1".into());

@@ -244,6 +244,40 @@ impl Index {
         )
     }
 
+    /// Writes every point of the current collection as JSON lines (id order): `id`,
+    /// `payload` and, with `with_vectors`, `vector`. Returns the number of points.
+    pub async fn export(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+        with_vectors: bool,
+    ) -> Result<u64> {
+        let mut offset = None;
+        let mut count = 0;
+        loop {
+            let (points, next) = self.store.scroll(offset, 512, None, with_vectors).await?;
+            for point in points {
+                serde_json::to_writer(&mut *out, &point).map_err(|err| Error::Io {
+                    context: "cannot write the export".into(),
+                    source: err.into(),
+                })?;
+                out.write_all(b"\n").map_err(|source| Error::Io {
+                    context: "cannot write the export".into(),
+                    source,
+                })?;
+                count += 1;
+            }
+            match next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        out.flush().map_err(|source| Error::Io {
+            context: "cannot write the export".into(),
+            source,
+        })?;
+        Ok(count)
+    }
+
     /// Embeds `text` and returns the `k` nearest chunks.
     pub async fn query(&self, text: &str, k: usize, filter: Option<Filter>) -> Result<Vec<Hit>> {
         let embedder = self.embedder.clone();

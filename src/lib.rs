@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod pipeline;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
 
 pub use config::Config;
 pub use freshet_connectors as connectors;

@@ -22,6 +22,8 @@ use freshet::{Config, Index};
 const EXIT_DOC_FAILURES: u8 = 3;
 /// Exit code: the run could not complete (bad config, missing root, store or ledger down).
 const EXIT_ERROR: u8 = 1;
+/// Exit code: `verify` found drift between the ledger and the store.
+const EXIT_DRIFT: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,7 +31,8 @@ const EXIT_ERROR: u8 = 1;
     version,
     about = "Keeps vector indexes fresh: incremental, crash-safe ingestion into Qdrant",
     after_help = "Exit codes: 0 success, 1 error (nothing half-done is recorded), 2 usage error, \
-                  3 completed but some documents failed (they are listed; fix and re-run)."
+                  3 completed but some documents failed (they are listed; fix and re-run), \
+                  4 verify found drift (run `freshet verify --repair`)."
 )]
 struct Cli {
     /// Config file (TOML). Without one, `sync PATH` indexes PATH with defaults.
@@ -60,6 +63,34 @@ enum Command {
         /// Wait for another running sync instead of failing.
         #[arg(long)]
         wait: bool,
+        /// Retry documents that failed before, even if they did not change.
+        #[arg(long)]
+        retry_failed: bool,
+    },
+    /// Show what the next sync would add, update, delete and embed; writes nothing.
+    Plan {
+        /// A folder (without --config).
+        path: Option<PathBuf>,
+        /// List this many documents (0: counts only).
+        #[arg(long, default_value_t = 50)]
+        list: usize,
+    },
+    /// Compare the ledger with the index: missing, orphan and mismatched points.
+    Verify {
+        /// Fix what is found: delete orphans, re-index drifted documents.
+        #[arg(long)]
+        repair: bool,
+        /// A folder (without --config), needed by --repair to re-index.
+        path: Option<PathBuf>,
+    },
+    /// Write every point of the index as JSON lines (id, payload, optionally vector).
+    Export {
+        /// Include vectors.
+        #[arg(long)]
+        vectors: bool,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Search the index.
     Query {
@@ -76,6 +107,9 @@ enum Command {
         /// List this many failed documents with their reasons.
         #[arg(long, default_value_t = 10)]
         failures: usize,
+        /// List the most recent runs with their counts and durations.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10")]
+        runs: Option<usize>,
     },
 }
 
@@ -107,12 +141,88 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             path,
             allow_mass_delete,
             wait,
+            retry_failed,
         } => {
             let config = load_config(&cli, path.as_deref(), true)?;
             if config.sources.is_empty() {
                 bail!("nothing to sync: give a folder (`freshet sync PATH`) or a config with [[sources]]");
             }
-            sync(&cli, config, *allow_mass_delete, *wait).await
+            let options = SyncOptions {
+                allow_mass_delete: *allow_mass_delete,
+                retry_failed: *retry_failed,
+                ..SyncOptions::default()
+            };
+            sync(&cli, config, options, *wait).await
+        }
+        Command::Plan { path, list } => {
+            let config = load_config(&cli, path.as_deref(), true)?;
+            let index = Index::open_for_sync(config, LockMode::WaitIfBusy).await?;
+            let mut report = index.plan().await?;
+            report.planned.truncate(*list);
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_plan(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { repair, path } => {
+            let config = load_config(&cli, path.as_deref(), false)?;
+            let index = Index::open_for_sync(config, LockMode::WaitIfBusy).await?;
+            if *repair {
+                let live = Arc::new(LiveCounters::default());
+                let options = SyncOptions {
+                    live,
+                    ..SyncOptions::default()
+                };
+                let report = index.repair(&options).await?;
+                if cli.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_verify(&report.before);
+                    println!(
+                        "repair: deleted {} orphan points, re-indexed {} documents",
+                        report.orphans_deleted, report.documents_reindexed
+                    );
+                    print_report(&report.sync);
+                    println!("after repair:");
+                    print_verify(&report.after);
+                }
+                return Ok(if report.after.is_clean() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_DRIFT)
+                });
+            }
+            let report = index.verify().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_verify(&report);
+            }
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_DRIFT)
+            })
+        }
+        Command::Export { vectors, output } => {
+            let config = load_config(&cli, None, false)?;
+            let index = Index::open_for_query(config).await?;
+            let count = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    index.export(&mut out, *vectors).await?
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout());
+                    index.export(&mut out, *vectors).await?
+                }
+            };
+            tracing::info!(points = count, "exported");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Query { text, k, source } => {
             let config = load_config(&cli, None, false)?;
@@ -137,9 +247,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { failures } => {
+        Command::Status { failures, runs } => {
             let config = load_config(&cli, None, false)?;
-            status(&cli, &config, *failures).await
+            status(&cli, &config, *failures, *runs).await
         }
     }
 }
@@ -182,7 +292,7 @@ fn load_config(cli: &Cli, path: Option<&Path>, for_sync: bool) -> anyhow::Result
 async fn sync(
     cli: &Cli,
     config: Config,
-    allow_mass_delete: bool,
+    mut options: SyncOptions,
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
     let lock = if wait {
@@ -192,11 +302,7 @@ async fn sync(
     };
     let index = Index::open_for_sync(config, lock).await?;
     let live = Arc::new(LiveCounters::default());
-    let options = SyncOptions {
-        allow_mass_delete,
-        live: live.clone(),
-        ..SyncOptions::default()
-    };
+    options.live = live.clone();
     let progress = (!cli.json && cli.verbose == 0 && std::io::stderr().is_terminal())
         .then(|| spawn_progress(live.clone()));
     let report = index.sync(&options).await;
@@ -255,8 +361,12 @@ fn print_report(report: &RunReport) {
             s.skipped
         );
         println!(
-            "  embedded {} chunks  upserted {} points  deleted {} points",
-            s.chunks_embedded, s.points_upserted, s.points_deleted
+            "  embedded {} chunks (reused {})  upserted {} points  deleted {} points  ({:.1}s in the model)",
+            s.chunks_embedded,
+            s.chunks_reused,
+            s.points_upserted,
+            s.points_deleted,
+            s.embed_ms as f64 / 1000.0
         );
         if !s.scan_complete && s.error.is_none() {
             println!("  scan incomplete: deletions were not applied");
@@ -277,6 +387,70 @@ fn print_report(report: &RunReport) {
         report.status,
         report.duration_ms as f64 / 1000.0
     );
+}
+
+fn print_plan(report: &RunReport) {
+    for s in &report.sources {
+        println!("source {}", s.source_id);
+        if let Some(err) = &s.error {
+            println!("  error: {err}");
+            continue;
+        }
+        println!(
+            "  would add {}  update {}  delete {}  fail {}  skip {}  (unchanged {})",
+            s.added,
+            s.updated,
+            s.deleted,
+            s.failed,
+            s.skipped,
+            s.unchanged + s.content_unchanged
+        );
+        println!(
+            "  would embed {} chunks (reuse {})  delete {} points",
+            s.chunks_embedded, s.chunks_reused, s.points_deleted
+        );
+    }
+    for p in &report.planned {
+        if p.action == "touch" {
+            continue;
+        }
+        println!(
+            "  {:<6} {} {}{}",
+            p.action,
+            p.source_id,
+            p.doc_key,
+            if p.chunks > 0 {
+                format!(" ({} chunks, {} to embed)", p.chunks, p.chunks_to_embed)
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+fn print_verify(report: &freshet::verify::VerifyReport) {
+    println!(
+        "collection {}: {} documents, {} points expected, {} in the store",
+        report.collection, report.documents_checked, report.points_expected, report.points_in_store
+    );
+    println!(
+        "missing {}  orphan {}  mismatched {}  pending {}",
+        report.missing_points,
+        report.orphan_points,
+        report.mismatched_points,
+        report.pending_documents
+    );
+    for d in report.drifted_documents.iter().take(50) {
+        println!(
+            "  {} {}: {} missing, {} mismatched",
+            d.source_id, d.doc_key, d.missing_points, d.mismatched_points
+        );
+    }
+    if report.is_clean() {
+        println!("clean: the index holds exactly what the ledger says");
+    } else {
+        println!("drift found: run `freshet verify --repair`");
+    }
 }
 
 fn print_hit(rank: usize, hit: &freshet::store::Hit) {
@@ -308,7 +482,12 @@ fn print_hit(rank: usize, hit: &freshet::store::Hit) {
     println!("   {snippet}");
 }
 
-async fn status(cli: &Cli, config: &Config, failure_limit: usize) -> anyhow::Result<ExitCode> {
+async fn status(
+    cli: &Cli,
+    config: &Config,
+    failure_limit: usize,
+    run_limit: Option<usize>,
+) -> anyhow::Result<ExitCode> {
     let ledger_path = freshet::index::ledger_path(&config.data_dir);
     if !ledger_path.is_file() {
         bail!(
@@ -318,7 +497,7 @@ async fn status(cli: &Cli, config: &Config, failure_limit: usize) -> anyhow::Res
     }
     let ledger = Ledger::open_sqlite(&ledger_path).await?;
     let summaries = ledger.summaries().await?;
-    let runs = ledger.recent_runs(1).await?;
+    let runs = ledger.recent_runs(run_limit.unwrap_or(1).max(1)).await?;
     let failures = ledger.failures(None, failure_limit).await?;
     let info = read_index_info(&config.data_dir)?;
     // The store admits one process at a time; while a sync holds it, the point count is
@@ -350,6 +529,7 @@ async fn status(cli: &Cli, config: &Config, failure_limit: usize) -> anyhow::Res
                 "points": points,
                 "sources": summaries,
                 "last_run": runs.first(),
+                "runs": run_limit.map(|_| &runs),
                 "failures": failures,
             }))?
         );
@@ -382,6 +562,34 @@ async fn status(cli: &Cli, config: &Config, failure_limit: usize) -> anyhow::Res
             run.started_at,
             run.finished_at.as_deref().unwrap_or("-")
         );
+    }
+    if run_limit.is_some() {
+        println!("recent runs:");
+        for run in &runs {
+            let stat = |k: &str| {
+                run.stats
+                    .as_ref()
+                    .and_then(|s| s["totals"][k].as_u64())
+                    .unwrap_or(0)
+            };
+            let seconds = run
+                .stats
+                .as_ref()
+                .and_then(|s| s["duration_ms"].as_u64())
+                .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+            println!(
+                "  run {:>4} {:<24} {}  added {} updated {} deleted {} failed {} embedded {}  {}",
+                run.id,
+                run.status,
+                run.started_at,
+                stat("added"),
+                stat("updated"),
+                stat("deleted"),
+                stat("failed"),
+                stat("chunks_embedded"),
+                seconds
+            );
+        }
     }
     if !failures.is_empty() {
         println!("failed documents:");

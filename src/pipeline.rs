@@ -49,8 +49,6 @@ const REUSE_LOOKUP: usize = 512;
 const MAX_ATTEMPTS: u32 = 8;
 /// Documents a plan lists one by one (the counts cover all of them).
 pub const MAX_PLANNED: usize = 10_000;
-/// Share of a source's documents a sync may delete without `--allow-mass-delete`.
-pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
 
 /// Fixed namespace for point ids: ids are UUIDv5 over (source, document, chunk index).
 const POINT_NAMESPACE: Uuid = Uuid::from_u128(0x6f1e_2b0c_9a4d_4c53_8e21_f4e5_d6a7_b8c9);
@@ -84,8 +82,8 @@ impl std::fmt::Debug for FaultHook {
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
+    /// Let this sync delete more than `pipeline.max_delete_share` of a source.
     pub allow_mass_delete: bool,
-    pub max_delete_share: f64,
     /// Retry failed documents even if they did not change.
     pub retry_failed: bool,
     /// Plan only: read and chunk what changed, write nothing.
@@ -98,7 +96,6 @@ impl Default for SyncOptions {
     fn default() -> Self {
         Self {
             allow_mass_delete: false,
-            max_delete_share: DEFAULT_MAX_DELETE_SHARE,
             retry_failed: false,
             dry_run: false,
             live: Arc::default(),
@@ -230,6 +227,7 @@ struct Ctx {
     max_document_bytes: u64,
     parallel_documents: usize,
     commit_batch_chunks: usize,
+    max_delete_share: f64,
     retry_failed: bool,
     dry_run: bool,
     live: Arc<LiveCounters>,
@@ -375,6 +373,7 @@ impl Index {
             max_document_bytes: self.config.pipeline.max_document_bytes,
             parallel_documents: self.config.parallel_documents(),
             commit_batch_chunks: self.config.pipeline.commit_batch_chunks,
+            max_delete_share: self.config.pipeline.max_delete_share,
             retry_failed: options.retry_failed,
             dry_run: options.dry_run,
             live: options.live.clone(),
@@ -1176,13 +1175,13 @@ async fn sweep(
     }
     let total = ctx.ledger.document_count(&ctx.source_id).await? as usize;
     let share = gone.len() as f64 / total.max(1) as f64;
-    if share > options.max_delete_share && !options.allow_mass_delete {
+    if share > ctx.max_delete_share && !options.allow_mass_delete {
         return Err(Error::MassDelete {
             source_id: ctx.source_id.clone(),
             would_delete: gone.len(),
             total,
             share: share * 100.0,
-            limit: options.max_delete_share * 100.0,
+            limit: ctx.max_delete_share * 100.0,
         });
     }
     for keys in gone.chunks(GATE_BATCH) {

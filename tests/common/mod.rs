@@ -73,6 +73,17 @@ impl Workspace {
         }
     }
 
+    /// `template` with this workspace's corpus and data directory.
+    pub fn config_for(ws: &Workspace, template: &Config) -> Config {
+        let mut config = template.clone();
+        config.data_dir = ws.data();
+        for source in &mut config.sources {
+            let SourceConfig::Folder(folder) = source;
+            folder.path = ws.corpus();
+        }
+        config
+    }
+
     pub async fn open(&self) -> Index {
         self.open_with(self.config()).await
     }
