@@ -140,7 +140,6 @@ impl Index {
         };
         let store =
             EdgeStore::open(&collection_path(&data_dir, &info.collection), info.dim).await?;
-        write_index_info(&data_dir, &info)?;
         let chunker = Chunker::new(
             Arc::new(embedder.tokenizer().clone()),
             config.chunking.clone(),

@@ -80,7 +80,7 @@ impl std::fmt::Debug for FaultHook {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SyncOptions {
     /// Let this sync delete more than `pipeline.max_delete_share` of a source.
     pub allow_mass_delete: bool,
@@ -90,18 +90,6 @@ pub struct SyncOptions {
     pub dry_run: bool,
     pub live: Arc<LiveCounters>,
     pub fault: Option<FaultHook>,
-}
-
-impl Default for SyncOptions {
-    fn default() -> Self {
-        Self {
-            allow_mass_delete: false,
-            retry_failed: false,
-            dry_run: false,
-            live: Arc::default(),
-            fault: None,
-        }
-    }
 }
 
 /// What one source's sync did (or, in a plan, would do).

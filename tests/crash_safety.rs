@@ -223,7 +223,7 @@ fn kill_minus_nine_many_times_then_resume_equals_a_clean_run() {
     let (mut killed, mut finished) = (0, 0);
     for round in 0..kills {
         let mut child = sync();
-        std::thread::sleep(Duration::from_millis(200 + next(2500)));
+        std::thread::sleep(Duration::from_millis(100 + next(1400)));
         match child.try_wait().unwrap() {
             Some(_) => finished += 1,
             None => {
@@ -232,19 +232,21 @@ fn kill_minus_nine_many_times_then_resume_equals_a_clean_run() {
                 killed += 1;
             }
         }
-        // Change the corpus now and then, so resumed runs also update and delete.
-        if round % 4 == 3 {
-            let files = all_files(&ws.corpus());
-            for _ in 0..5 {
-                let f = &files[next(files.len() as u64) as usize];
-                if f.exists() {
-                    let text = format!(
-                        "# Edited in round {round}\n\nharbour ferries {}\n",
-                        next(1000)
-                    );
-                    std::fs::write(f, text).unwrap();
-                }
+        // Change the corpus before every resumed run, so each has real work to be killed
+        // in, and the runs also update, delete and add.
+        let files = all_files(&ws.corpus());
+        for _ in 0..60 {
+            let f = &files[next(files.len() as u64) as usize];
+            if f.exists() {
+                let body = format!(
+                    "harbour ferries cross the river {} times a day. ",
+                    next(1000)
+                )
+                .repeat(12);
+                std::fs::write(f, format!("# Edited in round {round}\n\n{body}\n")).unwrap();
             }
+        }
+        if round % 4 == 3 {
             let _ = std::fs::remove_file(&files[next(files.len() as u64) as usize]);
             let added = ws.corpus().join(format!("d0/added-{round}.md"));
             std::fs::write(added, format!("# Added {round}\n\nnew garden notes\n")).unwrap();

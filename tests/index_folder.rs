@@ -268,3 +268,17 @@ async fn a_sync_that_would_delete_most_documents_refuses() {
         .unwrap();
     assert_eq!(allowed.totals.deleted, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_root_is_refused_and_the_index_kept() {
+    let ws = Workspace::with_sample_corpus();
+    let index = ws.open().await;
+    index.sync(&SyncOptions::default()).await.unwrap();
+    let before = points(&index).await;
+    std::fs::remove_dir_all(ws.corpus()).unwrap();
+    std::fs::create_dir(ws.corpus()).unwrap();
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "failed");
+    assert!(report.error.unwrap().contains("would delete 6 of 6"));
+    assert_eq!(points(&index).await, before);
+}
