@@ -550,9 +550,15 @@ async fn status(
     }
     for s in &summaries {
         println!(
-            "source {}: {} documents ({} indexed, {} failed, {} skipped), {} chunks",
-            s.source_id, s.documents, s.indexed, s.failed, s.skipped, s.chunks
+            "source {}: {} documents ({} indexed, {} failed, {} skipped, {} pending), {} chunks",
+            s.source_id, s.documents, s.indexed, s.failed, s.skipped, s.pending, s.chunks
         );
+        if s.pending > 0 {
+            println!(
+                "  {} documents were being written when a run stopped; the next sync redoes them",
+                s.pending
+            );
+        }
     }
     if let Some(run) = runs.first() {
         println!(
