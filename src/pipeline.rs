@@ -538,19 +538,28 @@ async fn send<T>(tx: &mpsc::Sender<T>, item: T) -> Result<()> {
         .map_err(|_| Error::Task("a later pipeline stage stopped".into()))
 }
 
-/// Reads, hashes, extracts and chunks one document (blocking).
-fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
-    let maybe_present = ctx.maybe_present(prior.as_ref());
-    let record = |status: DocStatus,
-                  reason: String,
-                  hash: Option<String>,
-                  media: Option<MediaType>|
-     -> Work {
-        let prior = prior.as_ref();
+/// How a document that ends without new points (failed or skipped) is settled: its row,
+/// and the points to delete with it.
+struct Settled {
+    status: DocStatus,
+    reason: String,
+    hash: Option<String>,
+    media: Option<MediaType>,
+    decode_warning: Option<String>,
+}
+
+impl Settled {
+    fn settle(
+        self,
+        ctx: &Ctx,
+        key: &str,
+        version: &str,
+        prior: Option<&DocRecord>,
+    ) -> (DocRecord, Outcome, Vec<PointId>) {
         // A document that fails keeps serving the points its row vouches for, until it is
         // fixed; one that is skipped (now empty, unsupported) has nothing to serve. Points
         // an interrupted write may have left are never vouched for: they go.
-        let keep: Vec<PointId> = match (status, prior) {
+        let keep: Vec<PointId> = match (self.status, prior) {
             (DocStatus::Failed, Some(p))
                 if p.status != DocStatus::Pending && p.collection == ctx.collection =>
             {
@@ -558,38 +567,58 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
             }
             _ => Vec::new(),
         };
-        let drop_ids: Vec<PointId> = maybe_present
-            .iter()
+        let drop_ids: Vec<PointId> = ctx
+            .maybe_present(prior)
+            .into_iter()
             .filter(|id| !keep.contains(id))
-            .copied()
             .collect();
-        let outcome = if status == DocStatus::Failed {
+        let outcome = if self.status == DocStatus::Failed {
             Outcome::Failed
         } else {
             Outcome::Skipped
         };
-        Work::Record {
-            record: DocRecord {
-                source_id: ctx.source_id.clone(),
-                doc_key: doc.key.clone(),
-                version_hint: doc.version.clone(),
-                content_hash: hash,
-                fingerprint: ctx.fingerprint.clone(),
-                status,
-                reason: Some(reason),
-                media_type: media.map(|m| media_name(m).to_string()),
-                collection: ctx.collection.clone(),
-                chunk_hashes: if keep.is_empty() {
-                    Vec::new()
-                } else {
-                    prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default()
-                },
-                point_ids: keep,
-                pending_point_ids: None,
-                decode_warning: None,
-                first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
-                updated_at: now(),
+        let record = DocRecord {
+            source_id: ctx.source_id.clone(),
+            doc_key: key.to_string(),
+            version_hint: version.to_string(),
+            content_hash: self.hash,
+            fingerprint: ctx.fingerprint.clone(),
+            status: self.status,
+            reason: Some(self.reason),
+            media_type: self.media.map(|m| media_name(m).to_string()),
+            collection: ctx.collection.clone(),
+            chunk_hashes: if keep.is_empty() {
+                Vec::new()
+            } else {
+                prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default()
             },
+            point_ids: keep,
+            pending_point_ids: None,
+            decode_warning: self.decode_warning,
+            first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
+            updated_at: now(),
+        };
+        (record, outcome, drop_ids)
+    }
+}
+
+/// Reads, hashes, extracts and chunks one document (blocking).
+fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
+    let record = |status: DocStatus,
+                  reason: String,
+                  hash: Option<String>,
+                  media: Option<MediaType>|
+     -> Work {
+        let (record, outcome, drop_ids) = Settled {
+            status,
+            reason,
+            hash,
+            media,
+            decode_warning: None,
+        }
+        .settle(ctx, &doc.key, &doc.version, prior.as_ref());
+        Work::Record {
+            record,
             outcome,
             drop_ids,
         }
@@ -816,8 +845,7 @@ async fn embed_docs(
         Err(err) if docs.len() == 1 => {
             let doc = docs.into_iter().next().expect("one doc");
             tracing::warn!(source = %ctx.source_id, key = %doc.key, error = %err, "embedding failed");
-            let (record, drop_ids) = failed_embedding(ctx, &doc, &err.to_string());
-            records.push((record, Outcome::Failed, drop_ids));
+            records.push(failed_embedding(ctx, &doc, &err.to_string()));
             return Ok(Vec::new());
         }
         Err(err) => {
@@ -847,43 +875,19 @@ async fn embed_docs(
         .collect())
 }
 
-fn failed_embedding(ctx: &Ctx, doc: &PreparedDoc, reason: &str) -> (DocRecord, Vec<PointId>) {
-    let prior = doc.prior.as_ref();
-    let keep: Vec<PointId> = match prior {
-        Some(p) if p.status != DocStatus::Pending && p.collection == ctx.collection => {
-            p.point_ids.clone()
-        }
-        _ => Vec::new(),
-    };
-    let drop_ids = ctx
-        .maybe_present(prior)
-        .into_iter()
-        .filter(|id| !keep.contains(id))
-        .collect();
-    let record = DocRecord {
-        source_id: ctx.source_id.clone(),
-        doc_key: doc.key.clone(),
-        version_hint: doc.version.clone(),
-        content_hash: Some(doc.hash.clone()),
-        fingerprint: ctx.fingerprint.clone(),
+fn failed_embedding(
+    ctx: &Ctx,
+    doc: &PreparedDoc,
+    reason: &str,
+) -> (DocRecord, Outcome, Vec<PointId>) {
+    Settled {
         status: DocStatus::Failed,
-        reason: Some(format!(
-            "the embedding model rejected this document: {reason}"
-        )),
-        media_type: Some(media_name(doc.media).to_string()),
-        collection: ctx.collection.clone(),
-        chunk_hashes: if keep.is_empty() {
-            Vec::new()
-        } else {
-            prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default()
-        },
-        point_ids: keep,
-        pending_point_ids: None,
+        reason: format!("the embedding model rejected this document: {reason}"),
+        hash: Some(doc.hash.clone()),
+        media: Some(doc.media),
         decode_warning: doc.decode_warning.clone(),
-        first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
-        updated_at: now(),
-    };
-    (record, drop_ids)
+    }
+    .settle(ctx, &doc.key, &doc.version, doc.prior.as_ref())
 }
 
 /// The intent row written before a document's points change: every point that may exist

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::index::Index;
-use crate::ledger::DocStatus;
+use crate::ledger::{DocRecord, DocStatus};
 use crate::pipeline::{RunReport, SyncOptions};
 use crate::store::PointId;
 use crate::Result;
@@ -76,15 +76,9 @@ struct Expected {
 }
 
 impl Index {
-    /// Compares every ledger row with the points of the current collection.
-    pub async fn verify(&self) -> Result<VerifyReport> {
-        let mut report = VerifyReport {
-            collection: self.info.collection.clone(),
-            ..VerifyReport::default()
-        };
-        let mut expected: HashMap<PointId, Expected> = HashMap::new();
-        // Points an interrupted write may have left: neither missing nor orphans.
-        let mut in_flux: HashSet<PointId> = HashSet::new();
+    /// Every ledger row, source by source.
+    async fn all_records(&self) -> Result<Vec<DocRecord>> {
+        let mut records = Vec::new();
         for source_id in self.ledger.source_ids().await? {
             let mut after: Option<String> = None;
             loop {
@@ -94,31 +88,47 @@ impl Index {
                     .await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.doc_key.clone());
-                for record in page {
-                    report.documents_checked += 1;
-                    if record.collection != self.info.collection && !record.point_ids.is_empty() {
-                        // Rows still describing a previous model's collection.
-                        continue;
-                    }
-                    if record.status == DocStatus::Pending {
-                        report.pending_documents += 1;
-                        in_flux.extend(record.point_ids.iter().copied());
-                        in_flux.extend(record.pending_point_ids.iter().flatten().copied());
-                        continue;
-                    }
-                    for (i, id) in record.point_ids.iter().enumerate() {
-                        expected.insert(
-                            *id,
-                            Expected {
-                                source_id: record.source_id.clone(),
-                                doc_key: record.doc_key.clone(),
-                                chunk_index: i,
-                                chunk_hash: record.chunk_hashes.get(i).cloned(),
-                                content_hash: record.content_hash.clone(),
-                            },
-                        );
-                    }
-                }
+                records.extend(page);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Compares every ledger row with the points of the current collection.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport {
+            collection: self.info.collection.clone(),
+            ..VerifyReport::default()
+        };
+        let mut expected: HashMap<PointId, Expected> = HashMap::new();
+        // Points an interrupted write may have left: neither missing nor orphans.
+        let mut in_flux: HashSet<PointId> = HashSet::new();
+        for record in self.all_records().await? {
+            report.documents_checked += 1;
+            if record.collection != self.info.collection && !record.point_ids.is_empty() {
+                // Rows still describing a previous model's collection.
+                continue;
+            }
+            if record.status == DocStatus::Pending {
+                report.pending_documents += 1;
+                in_flux.extend(record.point_ids.iter().copied());
+                in_flux.extend(record.pending_point_ids.iter().flatten().copied());
+                continue;
+            }
+            for (i, id) in record.point_ids.iter().enumerate() {
+                expected.insert(
+                    *id,
+                    Expected {
+                        source_id: record.source_id.clone(),
+                        doc_key: record.doc_key.clone(),
+                        chunk_index: i,
+                        chunk_hash: record.chunk_hashes.get(i).cloned(),
+                        // A failed document serves the points of its last good version.
+                        content_hash: (record.status == DocStatus::Indexed)
+                            .then(|| record.content_hash.clone())
+                            .flatten(),
+                    },
+                );
             }
         }
         report.points_expected = expected.len() as u64;
@@ -147,7 +157,8 @@ impl Index {
                         == Some(want.chunk_index as u64)
                     && (want.chunk_hash.is_none()
                         || field("chunk_hash") == want.chunk_hash.as_deref())
-                    && field("content_hash") == want.content_hash.as_deref();
+                    && (want.content_hash.is_none()
+                        || field("content_hash") == want.content_hash.as_deref());
                 if !agrees {
                     report.mismatched_points += 1;
                     drift_entry(&mut drift, want).mismatched_points += 1;
@@ -206,20 +217,9 @@ impl Index {
 
     async fn all_orphans(&self) -> Result<Vec<PointId>> {
         let mut known: HashSet<PointId> = HashSet::new();
-        for source_id in self.ledger.source_ids().await? {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .ledger
-                    .records_page(&source_id, after.as_deref(), PAGE)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.doc_key.clone());
-                for record in page {
-                    known.extend(record.point_ids.iter().copied());
-                    known.extend(record.pending_point_ids.iter().flatten().copied());
-                }
-            }
+        for record in self.all_records().await? {
+            known.extend(record.point_ids.iter().copied());
+            known.extend(record.pending_point_ids.iter().flatten().copied());
         }
         let mut orphans = Vec::new();
         let mut offset = None;
