@@ -128,10 +128,7 @@ impl Index {
         config.validate()?;
         let data_dir = config.data_dir.clone();
         let lock = DataDirLock::acquire(&data_dir, lock)?;
-        let embedding = config.embedding.clone();
-        let embedder = tokio::task::spawn_blocking(move || FastEmbedder::load(&embedding))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let embedder = load_embedder(&config).await?;
         let ledger = Ledger::open_sqlite(&data_dir.join(LEDGER_FILE)).await?;
         let info = IndexInfo {
             collection: collection_name(embedder.model_id(), embedder.dim()),
@@ -140,14 +137,13 @@ impl Index {
         };
         let store =
             EdgeStore::open(&collection_path(&data_dir, &info.collection), info.dim).await?;
-        let chunker = Chunker::new(
-            Arc::new(embedder.tokenizer().clone()),
-            config.chunking.clone(),
-        );
         Ok(Self {
             ledger,
+            chunker: Arc::new(Chunker::new(
+                Arc::new(embedder.tokenizer().clone()),
+                config.chunking.clone(),
+            )),
             embedder: Arc::new(embedder),
-            chunker: Arc::new(chunker),
             store: Arc::new(store),
             info,
             config,
@@ -166,10 +162,7 @@ impl Index {
             data_dir: data_dir.display().to_string(),
         })?;
         let lock = DataDirLock::acquire(&data_dir, LockMode::WaitIfBusy)?;
-        let embedding = config.embedding.clone();
-        let embedder = tokio::task::spawn_blocking(move || FastEmbedder::load(&embedding))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let embedder = load_embedder(&config).await?;
         if embedder.model_id() != info.model_id || embedder.dim() != info.dim {
             return Err(Error::Store(crate::store::StoreError::Open {
                 path: data_dir.display().to_string(),
@@ -188,14 +181,13 @@ impl Index {
             .ok_or_else(|| Error::NoIndex {
                 data_dir: data_dir.display().to_string(),
             })?;
-        let chunker = Chunker::new(
-            Arc::new(embedder.tokenizer().clone()),
-            config.chunking.clone(),
-        );
         Ok(Self {
             ledger,
+            chunker: Arc::new(Chunker::new(
+                Arc::new(embedder.tokenizer().clone()),
+                config.chunking.clone(),
+            )),
             embedder: Arc::new(embedder),
-            chunker: Arc::new(chunker),
             store: Arc::new(store),
             info,
             config,
@@ -288,6 +280,15 @@ impl Index {
             .unwrap_or_default();
         Ok(self.store.search(&vector, k, filter).await?)
     }
+}
+
+/// Loads the configured model off the async runtime (it reads and compiles the ONNX file).
+async fn load_embedder(config: &Config) -> Result<FastEmbedder> {
+    let embedding = config.embedding.clone();
+    tokio::task::spawn_blocking(move || FastEmbedder::load(&embedding))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::from)
 }
 
 pub fn ledger_path(data_dir: &Path) -> PathBuf {

@@ -278,16 +278,9 @@ impl Ledger {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT doc_key FROM documents WHERE source_id = $1 AND doc_key > $2
-             ORDER BY doc_key LIMIT $3",
-        )
-        .bind(source_id)
-        .bind(after.unwrap_or(""))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
+        self.page("doc_key", source_id, after, limit)
+            .await?
+            .iter()
             .map(|row| row.try_get::<String, _>("doc_key").map_err(Into::into))
             .collect()
     }
@@ -299,16 +292,32 @@ impl Ledger {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DocRecord>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT * FROM documents WHERE source_id = $1 AND doc_key > $2
-             ORDER BY doc_key LIMIT $3",
-        )
-        .bind(source_id)
-        .bind(after.unwrap_or(""))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(record_from_row).collect()
+        self.page("*", source_id, after, limit)
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
+    }
+
+    /// Keyset pagination over a source's rows; `columns` keeps the sweep from reading
+    /// point id lists it does not need.
+    async fn page(
+        &self,
+        columns: &str,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, LedgerError> {
+        let sql = format!(
+            "SELECT {columns} FROM documents WHERE source_id = $1 AND doc_key > $2
+             ORDER BY doc_key LIMIT $3"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(source_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Every source id that has rows.

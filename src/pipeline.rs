@@ -1182,8 +1182,7 @@ async fn sweep(
         let mut intents = Vec::new();
         let mut ids = Vec::new();
         for record in records.values() {
-            let mut intent = intent(ctx, &record.doc_key, Some(record), Vec::new());
-            intent.pending_point_ids = Some(Vec::new());
+            let intent = intent(ctx, &record.doc_key, Some(record), Vec::new());
             ids.extend(intent.point_ids.iter().copied());
             intents.push(intent);
             if ctx.dry_run {

@@ -96,6 +96,11 @@ impl Index {
 
     /// Compares every ledger row with the points of the current collection.
     pub async fn verify(&self) -> Result<VerifyReport> {
+        Ok(self.check().await?.0)
+    }
+
+    /// The report and every orphan id (the report lists only the first ones).
+    async fn check(&self) -> Result<(VerifyReport, Vec<PointId>)> {
         let mut report = VerifyReport {
             collection: self.info.collection.clone(),
             ..VerifyReport::default()
@@ -133,6 +138,7 @@ impl Index {
         }
         report.points_expected = expected.len() as u64;
 
+        let mut orphans = Vec::new();
         let mut seen: HashSet<PointId> = HashSet::with_capacity(expected.len());
         let mut drift: HashMap<(String, String), DocDrift> = HashMap::new();
         let mut offset = None;
@@ -142,10 +148,7 @@ impl Index {
                 report.points_in_store += 1;
                 let Some(want) = expected.get(&point.id) else {
                     if !in_flux.contains(&point.id) {
-                        report.orphan_points += 1;
-                        if report.orphan_ids.len() < MAX_LISTED {
-                            report.orphan_ids.push(point.id);
-                        }
+                        orphans.push(point.id);
                     }
                     continue;
                 };
@@ -178,18 +181,17 @@ impl Index {
         let mut drifted: Vec<DocDrift> = drift.into_values().collect();
         drifted.sort_by(|a, b| (&a.source_id, &a.doc_key).cmp(&(&b.source_id, &b.doc_key)));
         report.drifted_documents = drifted;
-        Ok(report)
+        report.orphan_points = orphans.len() as u64;
+        report.orphan_ids = orphans.iter().take(MAX_LISTED).copied().collect();
+        Ok((report, orphans))
     }
 
     /// Verifies, deletes orphan points, re-indexes drifted documents (and interrupted
     /// ones) with a normal sync, and verifies again.
     pub async fn repair(&self, options: &SyncOptions) -> Result<RepairReport> {
-        let before = self.verify().await?;
-        let mut orphans_deleted = 0;
-        // Orphans are re-collected in full: the report lists only the first ones.
-        let orphans = self.all_orphans().await?;
+        let (before, orphans) = self.check().await?;
+        let orphans_deleted = orphans.len() as u64;
         if !orphans.is_empty() {
-            orphans_deleted = orphans.len() as u64;
             self.store.delete(orphans).await?;
         }
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
@@ -213,30 +215,6 @@ impl Index {
             sync,
             after,
         })
-    }
-
-    async fn all_orphans(&self) -> Result<Vec<PointId>> {
-        let mut known: HashSet<PointId> = HashSet::new();
-        for record in self.all_records().await? {
-            known.extend(record.point_ids.iter().copied());
-            known.extend(record.pending_point_ids.iter().flatten().copied());
-        }
-        let mut orphans = Vec::new();
-        let mut offset = None;
-        loop {
-            let (points, next) = self.store.scroll(offset, PAGE, None, false).await?;
-            orphans.extend(
-                points
-                    .into_iter()
-                    .map(|p| p.id)
-                    .filter(|id| !known.contains(id)),
-            );
-            match next {
-                Some(next) => offset = Some(next),
-                None => break,
-            }
-        }
-        Ok(orphans)
     }
 }
 
