@@ -27,6 +27,33 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub watch: WatchConfig,
+}
+
+/// How `freshet watch` follows changes, and where long-running modes (`watch`, `sync
+/// --every`) serve metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Milliseconds a changed path must stay quiet before it is indexed: a burst of writes
+    /// or an editor's write-then-rename becomes one change. Lower means fresher, higher
+    /// means fewer re-embeddings of files being edited.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// Seconds between full rescans while watching, a safety net for file systems whose
+    /// change events are unreliable (network mounts); 0 turns it off.
+    #[serde(default = "default_rescan_interval_s")]
+    pub rescan_interval_s: u64,
+    /// Address of the local query endpoint a watcher serves so that `freshet query`
+    /// works while it runs (the embedded store admits one process). Loopback only; port 0
+    /// picks a free port, recorded in the data directory.
+    #[serde(default = "default_query_addr")]
+    pub query_addr: String,
+    /// Address for Prometheus metrics (`/metrics`) and health checks (`/healthz`,
+    /// `/readyz`); unset serves none. `--metrics-addr` overrides it.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +172,38 @@ pub struct PipelineConfig {
     pub max_delete_share: f64,
 }
 
+const fn default_debounce_ms() -> u64 {
+    200
+}
+const fn default_rescan_interval_s() -> u64 {
+    3600
+}
+fn default_query_addr() -> String {
+    "127.0.0.1:0".into()
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            debounce_ms: default_debounce_ms(),
+            rescan_interval_s: default_rescan_interval_s(),
+            query_addr: default_query_addr(),
+            metrics_addr: None,
+        }
+    }
+}
+
+impl WatchConfig {
+    /// What a following folder source needs.
+    pub fn settings(&self) -> freshet_connectors::WatchSettings {
+        freshet_connectors::WatchSettings {
+            debounce: std::time::Duration::from_millis(self.debounce_ms),
+            rescan_interval: (self.rescan_interval_s > 0)
+                .then(|| std::time::Duration::from_secs(self.rescan_interval_s)),
+        }
+    }
+}
+
 const fn yes() -> bool {
     true
 }
@@ -223,6 +282,7 @@ impl Default for Config {
             chunking: ChunkingConfig::default(),
             embedding: EmbeddingConfig::default(),
             pipeline: PipelineConfig::default(),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -362,6 +422,35 @@ impl Config {
         }
         if pipeline.max_document_bytes == 0 {
             return invalid("pipeline.max_document_bytes must be at least 1".into());
+        }
+        let watch = &self.watch;
+        if !(10..=60_000).contains(&watch.debounce_ms) {
+            return invalid(format!(
+                "watch.debounce_ms = {} is outside 10..=60000",
+                watch.debounce_ms
+            ));
+        }
+        match watch.query_addr.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => {}
+            Ok(_) => {
+                return invalid(format!(
+                    "watch.query_addr = {:?} must be a loopback address (the query endpoint serves your documents' text)",
+                    watch.query_addr
+                ))
+            }
+            Err(err) => {
+                return invalid(format!(
+                    "watch.query_addr = {:?} is not an address: {err}",
+                    watch.query_addr
+                ))
+            }
+        }
+        if let Some(addr) = &watch.metrics_addr {
+            if let Err(err) = addr.parse::<std::net::SocketAddr>() {
+                return invalid(format!(
+                    "watch.metrics_addr = {addr:?} is not an address (e.g. \"0.0.0.0:9464\"): {err}"
+                ));
+            }
         }
         Ok(())
     }

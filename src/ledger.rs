@@ -131,6 +131,9 @@ pub struct Ledger {
     pool: SqlitePool,
 }
 
+/// Run history kept in the ledger (a watcher records a run per batch of changes).
+pub const KEPT_RUNS: i64 = 10_000;
+
 pub fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -285,6 +288,42 @@ impl Ledger {
             .collect()
     }
 
+    /// One page of a source's keys in key order, after `after`, from the key range that
+    /// holds `scope` and everything below `scope/` (all keys for the empty scope). The
+    /// range may also hold neighbours such as `scope.md`; callers filter with `in_scope`.
+    pub async fn keys_page_in(
+        &self,
+        source_id: &str,
+        scope: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, LedgerError> {
+        if scope.is_empty() {
+            return self.keys_page(source_id, after, limit).await;
+        }
+        // Keys compare bytewise: every key below `scope/` sorts before `scope0`.
+        let end = format!("{scope}0");
+        let start = match after {
+            Some(after) if after >= scope => after,
+            _ => "",
+        };
+        let rows = sqlx::query(
+            "SELECT doc_key FROM documents
+             WHERE source_id = $1 AND doc_key >= $2 AND doc_key < $3 AND doc_key > $4
+             ORDER BY doc_key LIMIT $5",
+        )
+        .bind(source_id)
+        .bind(scope)
+        .bind(&end)
+        .bind(start)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("doc_key").map_err(Into::into))
+            .collect()
+    }
+
     /// One page of a source's rows in key order, after `after` (for verify and export).
     pub async fn records_page(
         &self,
@@ -422,6 +461,39 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Records a run that already happened (a watch round), keeping the newest
+    /// [`KEPT_RUNS`] runs.
+    pub async fn record_run(
+        &self,
+        sources: &[String],
+        started_at: &str,
+        status: &str,
+        stats: &serde_json::Value,
+        error: Option<&str>,
+    ) -> Result<i64, LedgerError> {
+        // One statement, so it never has to upgrade a read transaction to a write one
+        // while the pipeline commits (SQLite answers that with "database is locked").
+        let row = sqlx::query(
+            "INSERT INTO runs (id, started_at, finished_at, status, sources, stats, error)
+             SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6 FROM runs
+             RETURNING id",
+        )
+        .bind(started_at)
+        .bind(now())
+        .bind(status)
+        .bind(serde_json::to_string(sources).expect("strings serialize"))
+        .bind(stats.to_string())
+        .bind(error)
+        .fetch_one(&self.pool)
+        .await?;
+        let id: i64 = row.try_get("id")?;
+        sqlx::query("DELETE FROM runs WHERE id <= $1")
+            .bind(id - KEPT_RUNS)
+            .execute(&self.pool)
+            .await?;
         Ok(id)
     }
 

@@ -11,9 +11,12 @@ pub mod extract;
 pub mod index;
 pub mod ledger;
 pub mod pipeline;
+pub mod schedule;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod verify;
+pub mod watch;
 
 pub use config::Config;
 pub use freshet_connectors as connectors;

@@ -1,4 +1,5 @@
-//! The `freshet` command line: sync, query and status over one data directory.
+//! The `freshet` command line: sync (once or on a schedule), watch, query and status over
+//! one data directory.
 //!
 //! Invariant: stdout carries only results (human text or, with `--json`, one JSON
 //! document); logs and progress go to stderr. Exit codes are part of the interface.
@@ -9,14 +10,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::SystemTime;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use freshet::connectors::WatchControl;
 use freshet::index::{collection_path, read_index_info, LockMode};
 use freshet::ledger::Ledger;
 use freshet::pipeline::{RunReport, SyncOptions};
+use freshet::schedule::Schedule;
+use freshet::serve::{
+    remote_search, running_endpoint, serve_metrics, serve_queries, SearchRequest,
+};
 use freshet::store::{EdgeStore, Filter, VectorStore};
-use freshet::telemetry::{init_logging, LiveCounters};
+use freshet::telemetry::{init_logging, record_round, Health, LiveCounters};
+use freshet::watch::WatchOptions;
 use freshet::{Config, Index};
+use tokio_util::sync::CancellationToken;
 
 /// Exit code: the run completed, but some documents failed (see the report).
 const EXIT_DOC_FAILURES: u8 = 3;
@@ -24,6 +34,8 @@ const EXIT_DOC_FAILURES: u8 = 3;
 const EXIT_ERROR: u8 = 1;
 /// Exit code: `verify` found drift between the ledger and the store.
 const EXIT_DRIFT: u8 = 4;
+/// Exit code: a one-off sync was stopped by SIGINT or SIGTERM (what it committed stays).
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +44,8 @@ const EXIT_DRIFT: u8 = 4;
     about = "Keeps vector indexes fresh: incremental, crash-safe ingestion into Qdrant",
     after_help = "Exit codes: 0 success, 1 error (nothing half-done is recorded), 2 usage error, \
                   3 completed but some documents failed (they are listed; fix and re-run), \
-                  4 verify found drift (run `freshet verify --repair`)."
+                  4 verify found drift (run `freshet verify --repair`), \
+                  130 a one-off sync was interrupted (watch and scheduled syncs exit 0 on SIGINT/SIGTERM)."
 )]
 struct Cli {
     /// Config file (TOML). Without one, `sync PATH` indexes PATH with defaults.
@@ -66,6 +79,28 @@ enum Command {
         /// Retry documents that failed before, even if they did not change.
         #[arg(long)]
         retry_failed: bool,
+        /// Keep running and sync on this interval (e.g. 30s, 15m, 1h); runs never overlap.
+        #[arg(long, value_name = "DURATION", conflicts_with = "cron")]
+        every: Option<String>,
+        /// Keep running and sync on this cron schedule (local time; 5 fields, or 6 with
+        /// seconds first), e.g. "*/15 * * * *".
+        #[arg(long, value_name = "EXPR")]
+        cron: Option<String>,
+        /// With --every/--cron: serve Prometheus metrics and health checks here.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
+    },
+    /// Catch up, then keep the index fresh as files change (until SIGINT/SIGTERM; SIGHUP
+    /// forces a full rescan). `freshet query` keeps working meanwhile.
+    Watch {
+        /// A folder to watch (without --config).
+        path: Option<PathBuf>,
+        /// Allow deleting more than `max_delete_share` of a source's documents at once.
+        #[arg(long)]
+        allow_mass_delete: bool,
+        /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) here.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
     },
     /// Show what the next sync would add, update, delete and embed; writes nothing.
     Plan {
@@ -142,17 +177,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_mass_delete,
             wait,
             retry_failed,
+            every,
+            cron,
+            metrics_addr,
         } => {
             let config = load_config(&cli, path.as_deref(), true)?;
             if config.sources.is_empty() {
                 bail!("nothing to sync: give a folder (`freshet sync PATH`) or a config with [[sources]]");
+            }
+            let schedule = match (every, cron) {
+                (Some(every), _) => Some(Schedule::every(every).map_err(anyhow::Error::msg)?),
+                (None, Some(cron)) => Some(Schedule::cron(cron).map_err(anyhow::Error::msg)?),
+                (None, None) => None,
+            };
+            if schedule.is_none() && metrics_addr.is_some() {
+                bail!(
+                    "--metrics-addr needs --every or --cron (a one-off sync reports with --json)"
+                );
             }
             let options = SyncOptions {
                 allow_mass_delete: *allow_mass_delete,
                 retry_failed: *retry_failed,
                 ..SyncOptions::default()
             };
-            sync(&cli, config, options, *wait).await
+            match schedule {
+                None => sync(&cli, config, options, *wait).await,
+                Some(schedule) => {
+                    let metrics_addr = metrics_addr
+                        .clone()
+                        .or_else(|| config.watch.metrics_addr.clone());
+                    sync_on_schedule(&cli, config, options, *wait, schedule, metrics_addr).await
+                }
+            }
+        }
+        Command::Watch {
+            path,
+            allow_mass_delete,
+            metrics_addr,
+        } => {
+            let config = load_config(&cli, path.as_deref(), true)?;
+            if config.sources.is_empty() {
+                bail!("nothing to watch: give a folder (`freshet watch PATH`) or a config with [[sources]]");
+            }
+            let metrics_addr = metrics_addr
+                .clone()
+                .or_else(|| config.watch.metrics_addr.clone());
+            watch(&cli, config, *allow_mass_delete, metrics_addr).await
         }
         Command::Plan { path, list } => {
             let config = load_config(&cli, path.as_deref(), true)?;
@@ -226,11 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Query { text, k, source } => {
             let config = load_config(&cli, None, false)?;
-            let index = Index::open_for_query(config).await?;
-            let filter = source
-                .as_ref()
-                .map(|s| Filter::default().field("source_id", s));
-            let hits = index.query(text, *k, filter).await?;
+            let hits = query(config, text, *k, source.clone()).await?;
             if cli.json {
                 println!(
                     "{}",
@@ -289,6 +355,217 @@ fn load_config(cli: &Cli, path: Option<&Path>, for_sync: bool) -> anyhow::Result
     Ok(config)
 }
 
+/// Asks a running watcher (or scheduled sync) when there is one, else opens the index.
+async fn query(
+    config: Config,
+    text: &str,
+    k: usize,
+    source: Option<String>,
+) -> anyhow::Result<Vec<freshet::store::Hit>> {
+    if let Some(endpoint) = running_endpoint(&config.data_dir) {
+        let request = SearchRequest {
+            text: text.to_string(),
+            k,
+            source: source.clone(),
+        };
+        match remote_search(&endpoint, &request).await {
+            Ok(hits) => return Ok(hits),
+            // A watcher that was killed leaves its endpoint file behind.
+            Err(err) => tracing::info!(error = %err, "no watcher answered; opening the index"),
+        }
+    }
+    let index = Index::open_for_query(config).await?;
+    let filter = source
+        .as_ref()
+        .map(|s| Filter::default().field("source_id", s));
+    Ok(index.query(text, k, filter).await?)
+}
+
+/// SIGINT and SIGTERM cancel `token` (a second one exits at once); SIGHUP asks `control`
+/// for a full rescan.
+fn cancel_on_signals(token: CancellationToken, control: Option<Arc<WatchControl>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM stop the process abruptly");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {
+                    if let Some(control) = &control {
+                        tracing::info!("SIGHUP: full rescan");
+                        control.request_rescan();
+                    }
+                    continue;
+                }
+            }
+            if token.is_cancelled() {
+                eprintln!("stopping now");
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+            eprintln!("stopping: finishing the batch in flight (again to stop at once)");
+            token.cancel();
+        }
+    });
+}
+
+async fn watch(
+    cli: &Cli,
+    config: Config,
+    allow_mass_delete: bool,
+    metrics_addr: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let index = Arc::new(Index::open_for_sync(config, LockMode::FailIfBusy).await?);
+    let options = WatchOptions {
+        allow_mass_delete,
+        on_report: Some(Arc::new({
+            let json = cli.json;
+            move |report: &RunReport| print_round(report, json)
+        })),
+        ..WatchOptions::default()
+    };
+    cancel_on_signals(options.cancel.clone(), Some(options.control.clone()));
+    let queries = serve_queries(
+        index.clone(),
+        &index.config.watch.query_addr,
+        options.cancel.clone(),
+    )
+    .await?;
+    if let Some(addr) = metrics_addr {
+        serve_metrics(
+            &addr,
+            options.live.clone(),
+            options.health.clone(),
+            options.cancel.clone(),
+        )
+        .await?;
+    }
+    let watched = index.watch(&options).await;
+    options.cancel.cancel();
+    let _ = queries.await;
+    watched?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per watch round that changed something (a JSON line with --json).
+fn print_round(report: &RunReport, json: bool) {
+    let t = &report.totals;
+    if !(t.changed_anything() || report.error.is_some()) {
+        return;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("report serializes")
+        );
+        return;
+    }
+    let source = report.sources.first().map_or("*", |s| s.source_id.as_str());
+    println!(
+        "{} {source}: added {} updated {} deleted {} failed {} (embedded {} chunks, {} ms){}",
+        freshet::ledger::now(),
+        t.added,
+        t.updated,
+        t.deleted,
+        t.failed,
+        t.chunks_embedded,
+        report.duration_ms,
+        report
+            .error
+            .as_deref()
+            .map(|e| format!(" error: {e}"))
+            .unwrap_or_default()
+    );
+    for failure in &report.failures {
+        println!("  failed {}: {}", failure.doc_key, failure.reason);
+    }
+}
+
+/// `sync --every` / `--cron`: one process, one loaded model, runs one after another.
+async fn sync_on_schedule(
+    cli: &Cli,
+    config: Config,
+    mut options: SyncOptions,
+    wait: bool,
+    schedule: Schedule,
+    metrics_addr: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let lock = if wait {
+        LockMode::WaitIfBusy
+    } else {
+        LockMode::FailIfBusy
+    };
+    let index = Arc::new(Index::open_for_sync(config, lock).await?);
+    let health = Arc::new(Health::default());
+    let cancel = options.cancel.clone();
+    cancel_on_signals(cancel.clone(), None);
+    let queries = serve_queries(
+        index.clone(),
+        &index.config.watch.query_addr,
+        cancel.clone(),
+    )
+    .await?;
+    if let Some(addr) = metrics_addr {
+        serve_metrics(&addr, options.live.clone(), health.clone(), cancel.clone()).await?;
+    }
+    options.live = Arc::new(LiveCounters::default());
+    while !cancel.is_cancelled() {
+        let started = SystemTime::now();
+        match index.sync(&options).await {
+            Ok(report) => {
+                for stats in &report.sources {
+                    let status = if stats.error.is_some() {
+                        "failed"
+                    } else if stats.failed > 0 {
+                        "completed_with_failures"
+                    } else {
+                        "completed"
+                    };
+                    record_round(stats, status, None);
+                }
+                let ok = matches!(
+                    report.status.as_str(),
+                    "completed" | "completed_with_failures"
+                );
+                health.record(ok, report.error.as_deref());
+                if ok {
+                    health
+                        .ready
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if cli.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_report(&report);
+                }
+            }
+            Err(err) => {
+                // A scheduler keeps going: the next run retries what this one could not do.
+                tracing::error!(error = %err, "scheduled sync failed");
+                health.record(false, Some(&err.to_string()));
+            }
+        }
+        let next = schedule.next_start(started, SystemTime::now());
+        let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+        tracing::info!(next_in_s = wait.as_secs(), "next sync scheduled");
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let _ = queries.await;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn sync(
     cli: &Cli,
     config: Config,
@@ -303,6 +580,7 @@ async fn sync(
     let index = Index::open_for_sync(config, lock).await?;
     let live = Arc::new(LiveCounters::default());
     options.live = live.clone();
+    cancel_on_signals(options.cancel.clone(), None);
     let progress = (!cli.json && cli.verbose == 0 && std::io::stderr().is_terminal())
         .then(|| spawn_progress(live.clone()));
     let report = index.sync(&options).await;
@@ -319,6 +597,7 @@ async fn sync(
     Ok(match report.status.as_str() {
         "completed" => ExitCode::SUCCESS,
         "completed_with_failures" => ExitCode::from(EXIT_DOC_FAILURES),
+        "interrupted" => ExitCode::from(EXIT_INTERRUPTED),
         _ => ExitCode::from(EXIT_ERROR),
     })
 }

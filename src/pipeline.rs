@@ -1,6 +1,8 @@
 //! The one pipeline: a source's change stream becomes committed batches (gate -> read,
 //! extract, chunk -> embed -> store -> ledger), then a sweep removes what the scan no
-//! longer saw. `sync` and `plan` (a dry run) both run it.
+//! longer saw. Each scan the source reports (up to its marker) is one round: `sync` and
+//! `plan` (a dry run) run one round per source, `watch` one round per batch of changes,
+//! through the same functions.
 //!
 //! Invariant (the ledger protocol): the ledger never vouches for points the store lacks.
 //! Per batch: (1) the ledger records an intent (`pending`, with the ids about to be
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use freshet_connectors::{
-    content_hash, Change, FolderSource, FolderSourceOptions, RawDoc, Source, SourceContext,
+    content_hash, in_scope, Change, DocKey, FolderSource, FolderSourceOptions, RawDoc, ReadError,
+    Source, SourceContext, WatchControl, WatchSettings,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -90,6 +93,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     pub live: Arc<LiveCounters>,
     pub fault: Option<FaultHook>,
+    /// Stops the run cleanly: no new documents are taken, batches not yet embedded are
+    /// abandoned, embedded ones are committed, and no deletions are concluded.
+    pub cancel: CancellationToken,
 }
 
 /// What one source's sync did (or, in a plan, would do).
@@ -122,6 +128,69 @@ pub struct SourceStats {
     pub error: Option<String>,
 }
 
+impl SourceStats {
+    /// Adds another round's (or source's) counts to these.
+    pub fn absorb(&mut self, other: &SourceStats) {
+        self.scanned += other.scanned;
+        self.unchanged += other.unchanged;
+        self.content_unchanged += other.content_unchanged;
+        self.added += other.added;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.chunks_embedded += other.chunks_embedded;
+        self.chunks_reused += other.chunks_reused;
+        self.embed_ms += other.embed_ms;
+        self.commit_ms += other.commit_ms;
+        self.points_upserted += other.points_upserted;
+        self.points_deleted += other.points_deleted;
+        self.scan_complete |= other.scan_complete;
+        if self.error.is_none() {
+            self.error = other.error.clone();
+        }
+    }
+
+    /// Whether the round changed the index or the ledger at all.
+    pub fn changed_anything(&self) -> bool {
+        self.added
+            + self.updated
+            + self.deleted
+            + self.failed
+            + self.skipped
+            + self.content_unchanged
+            > 0
+    }
+}
+
+/// How a round ended: which marker the source sent, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundEnd {
+    /// A full scan finished: every document the ledger has and the scan lacks is gone.
+    Full,
+    /// A partial scan finished: documents under these scopes that it lacks are gone.
+    Scoped(Vec<DocKey>),
+    /// The scan could not finish; nothing is concluded about deletions.
+    Aborted(String),
+    /// The source stopped sending without a marker (it failed, or it is done).
+    Closed,
+    /// The run was cancelled.
+    Cancelled,
+}
+
+/// One round of one source: what it did, and how its scan ended.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub stats: SourceStats,
+    pub failures: Vec<FailureNote>,
+    pub planned: Vec<PlannedChange>,
+    pub end: RoundEnd,
+    /// When the oldest change this round answers was observed (watch mode).
+    pub first_event: Option<Instant>,
+    pub started: Instant,
+    pub started_at: String,
+}
 /// A failed document, for reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailureNote {
@@ -220,6 +289,7 @@ struct Ctx {
     dry_run: bool,
     live: Arc<LiveCounters>,
     fault: Option<FaultHook>,
+    cancel: CancellationToken,
 }
 
 impl Ctx {
@@ -254,7 +324,7 @@ impl Index {
     pub async fn sync(&self, options: &SyncOptions) -> Result<RunReport> {
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         for source in &self.config.sources {
-            sources.push(build_source(source)?);
+            sources.push(build_source(source, WatchSettings::default(), None)?);
         }
         self.sync_sources(sources, options).await
     }
@@ -309,10 +379,15 @@ impl Index {
             failures.extend(source_failures);
             planned.extend(source_planned);
             stats_per_source.push(stats);
+            if options.cancel.is_cancelled() {
+                break;
+            }
         }
         let totals = totals(&stats_per_source);
         let status = if options.dry_run {
             "planned"
+        } else if options.cancel.is_cancelled() {
+            "interrupted"
         } else if first_error.is_some() {
             "failed"
         } else if totals.failed > 0 {
@@ -345,11 +420,45 @@ impl Index {
         Ok(report)
     }
 
+    /// One source, one full scan: the round that `sync` and `plan` run.
     async fn sync_source(
         &self,
         source: Box<dyn Source>,
         options: &SyncOptions,
     ) -> Result<(SourceStats, Vec<FailureNote>, Vec<PlannedChange>)> {
+        let mut stats = SourceStats::default();
+        let mut failures = Vec::new();
+        let mut planned = Vec::new();
+        let (rounds_tx, mut rounds) = mpsc::channel(4);
+        let drive = self.drive_source(source, options, false, None, rounds_tx);
+        let collect = async {
+            while let Some(round) = rounds.recv().await {
+                stats.absorb(&round.stats);
+                failures.extend(round.failures);
+                planned.extend(round.planned);
+            }
+        };
+        let (source_error, ()) = tokio::join!(drive, collect);
+        let source_error = source_error?;
+        if let Some(err) = source_error {
+            // The scan did not finish: what it reported is indexed, nothing is deleted.
+            stats.error = Some(err);
+        }
+        Ok((stats, failures, planned))
+    }
+
+    /// Runs a source through the pipeline, one round per scan it reports, sending each
+    /// finished round to `rounds`; returns the source's own error, if it ended with one. With
+    /// `follow`, this lasts until `options.cancel` (watch mode); a round that fails asks
+    /// `control` for a full rescan, which redoes whatever the failure left undone.
+    pub(crate) async fn drive_source(
+        &self,
+        source: Box<dyn Source>,
+        options: &SyncOptions,
+        follow: bool,
+        control: Option<Arc<WatchControl>>,
+        rounds: mpsc::Sender<Round>,
+    ) -> Result<Option<String>> {
         let ctx = Arc::new(Ctx {
             source_id: source.id().to_string(),
             fingerprint: self.fingerprint(),
@@ -366,47 +475,174 @@ impl Index {
             dry_run: options.dry_run,
             live: options.live.clone(),
             fault: options.fault.clone(),
+            cancel: options.cancel.clone(),
         });
-
-        let (change_tx, change_rx) = mpsc::channel(self.config.pipeline.channel_depth);
-        let (work_tx, work_rx) = mpsc::channel(PREPARED_QUEUE);
-        let (batch_tx, batch_rx) = mpsc::channel(COMMIT_QUEUE);
+        let (change_tx, mut changes) = mpsc::channel(self.config.pipeline.channel_depth);
         let source_cx = SourceContext {
             changes: change_tx,
-            cancel: CancellationToken::new(),
-            follow: false,
+            cancel: options.cancel.child_token(),
+            follow,
         };
-
-        let source_run = source.run(source_cx);
-        let gate = gate_and_prepare(ctx.clone(), change_rx, work_tx);
-        let embed = embed_batches(ctx.clone(), work_rx, batch_tx);
-        let commit = commit_batches(ctx.clone(), batch_rx);
-        let (source_result, gate_result, embed_result, commit_result) =
-            tokio::join!(source_run, gate, embed, commit);
-
-        // Later stages first: when one fails, the stages before it fail only because it
-        // stopped listening, and the user needs the first cause.
-        let (mut stats, failures, mut planned) = commit_result?;
-        embed_result?;
-        let gate = gate_result?;
-        stats.source_id = ctx.source_id.clone();
-        stats.scanned = gate.scanned;
-        stats.unchanged = gate.unchanged;
-        if let Err(err) = source_result {
-            // The scan did not finish: what it reported is indexed, nothing is deleted.
-            stats.error = Some(err.to_string());
-            return Ok((stats, failures, planned));
+        let source_task = tokio::spawn(source.run(source_cx));
+        let mut outcome = Ok(());
+        loop {
+            let round = run_round(&ctx, &mut changes, options).await;
+            let round = match round {
+                Ok(round) => round,
+                Err(err @ Error::Injected(_)) => {
+                    outcome = Err(err);
+                    break;
+                }
+                Err(err) => {
+                    tracing::error!(source = %ctx.source_id, error = %err, "round failed");
+                    if !follow {
+                        outcome = Err(err);
+                        break;
+                    }
+                    if let Some(control) = &control {
+                        // Whatever the failure left undone (pending rows, unread
+                        // changes) is redone by a full rescan once things recover.
+                        let control = control.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            control.request_rescan();
+                        });
+                    }
+                    let failed = Round {
+                        stats: SourceStats {
+                            source_id: ctx.source_id.clone(),
+                            error: Some(err.to_string()),
+                            ..SourceStats::default()
+                        },
+                        failures: Vec::new(),
+                        planned: Vec::new(),
+                        end: RoundEnd::Aborted(err.to_string()),
+                        first_event: None,
+                        started: Instant::now(),
+                        started_at: now(),
+                    };
+                    // A receiver that went away is shutting down too.
+                    let _ = rounds.send(failed).await;
+                    continue;
+                }
+            };
+            let last = matches!(round.end, RoundEnd::Closed | RoundEnd::Cancelled);
+            let empty = last && round.stats.scanned == 0 && !round.stats.changed_anything();
+            if !empty {
+                let _ = rounds.send(round).await;
+            }
+            if last {
+                break;
+            }
         }
-        if gate.scan_complete {
-            stats.scan_complete = true;
-            sweep(&ctx, &gate.seen, options, &mut stats, &mut planned).await?;
-        }
-        Ok((stats, failures, planned))
+        // Dropping the receiver unblocks a source still trying to send.
+        drop(changes);
+        let source_result = source_task
+            .await
+            .map_err(|e| Error::Task(format!("source task: {e}")))?;
+        outcome?;
+        Ok(match source_result {
+            Ok(()) | Err(freshet_connectors::SourceError::Cancelled) => None,
+            Err(err) => Some(err.to_string()),
+        })
     }
 }
 
-/// The source a config entry describes.
-pub fn build_source(source: &SourceConfig) -> Result<Box<dyn Source>> {
+/// One round: the changes up to the source's next marker go through gate, embed and
+/// commit; then the sweep the marker allows. A round that fails part-way discards the rest
+/// of its scan, so the next round never mistakes half a scan for a whole one.
+async fn run_round(
+    ctx: &Arc<Ctx>,
+    changes: &mut mpsc::Receiver<Change>,
+    options: &SyncOptions,
+) -> Result<Round> {
+    let started = Instant::now();
+    let started_at = now();
+    let (work_tx, work_rx) = mpsc::channel(PREPARED_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(COMMIT_QUEUE);
+    let mut reached_marker = false;
+    let gate = gate_and_prepare(ctx.clone(), changes, work_tx, &mut reached_marker);
+    let embed = embed_batches(ctx.clone(), work_rx, batch_tx);
+    let commit = commit_batches(ctx.clone(), batch_rx);
+    let (gate_result, embed_result, commit_result) = tokio::join!(gate, embed, commit);
+
+    // Later stages first: when one fails, the stages before it fail only because it
+    // stopped listening, and the user needs the first cause.
+    let staged = commit_result.and_then(|done| {
+        embed_result?;
+        Ok((done, gate_result?))
+    });
+    let ((mut stats, failures, mut planned), gate) = match staged {
+        Ok(done) => done,
+        Err(err) => {
+            if !reached_marker {
+                discard_rest_of_scan(changes).await;
+            }
+            return Err(err);
+        }
+    };
+    stats.source_id = ctx.source_id.clone();
+    stats.scanned = gate.scanned;
+    stats.unchanged = gate.unchanged;
+    let scope = match &gate.end {
+        RoundEnd::Full => {
+            stats.scan_complete = true;
+            Some(None)
+        }
+        RoundEnd::Scoped(scopes) => Some(Some(scopes.as_slice())),
+        RoundEnd::Aborted(reason) => {
+            stats.error = Some(reason.clone());
+            None
+        }
+        RoundEnd::Closed | RoundEnd::Cancelled => None,
+    };
+    if gate.end != RoundEnd::Cancelled {
+        let swept = sweep(
+            ctx,
+            scope,
+            &gate.seen,
+            &gate.deletes,
+            options,
+            &mut stats,
+            &mut planned,
+        )
+        .await;
+        match swept {
+            Ok(()) => {}
+            Err(err @ Error::MassDelete { .. }) => {
+                tracing::error!(source = %ctx.source_id, error = %err, "deletions refused");
+                stats.error = Some(err.to_string());
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let (started, started_at) = gate.first_change.unwrap_or((started, started_at));
+    Ok(Round {
+        stats,
+        failures,
+        planned,
+        end: gate.end,
+        first_event: gate.first_event,
+        started,
+        started_at,
+    })
+}
+
+/// After a failed round: drops the rest of its scan, up to and including the marker.
+async fn discard_rest_of_scan(changes: &mut mpsc::Receiver<Change>) {
+    while let Some(change) = changes.recv().await {
+        if change.ends_scan() {
+            break;
+        }
+    }
+}
+
+/// The source a config entry describes (`watch` and `control` matter in follow mode).
+pub fn build_source(
+    source: &SourceConfig,
+    watch: WatchSettings,
+    control: Option<Arc<WatchControl>>,
+) -> Result<Box<dyn Source>> {
     Ok(match source {
         SourceConfig::Folder(folder) => Box::new(FolderSource::new(
             folder.id.clone(),
@@ -416,6 +652,8 @@ pub fn build_source(source: &SourceConfig) -> Result<Box<dyn Source>> {
                 exclude: folder.exclude.clone(),
                 respect_gitignore: folder.respect_gitignore,
                 include_hidden: folder.include_hidden,
+                watch,
+                control,
             },
         )?),
     })
@@ -424,25 +662,13 @@ pub fn build_source(source: &SourceConfig) -> Result<Box<dyn Source>> {
 fn totals(sources: &[SourceStats]) -> SourceStats {
     let mut t = SourceStats {
         source_id: "*".into(),
-        scan_complete: sources.iter().all(|s| s.scan_complete),
         ..SourceStats::default()
     };
     for s in sources {
-        t.scanned += s.scanned;
-        t.unchanged += s.unchanged;
-        t.content_unchanged += s.content_unchanged;
-        t.added += s.added;
-        t.updated += s.updated;
-        t.deleted += s.deleted;
-        t.failed += s.failed;
-        t.skipped += s.skipped;
-        t.chunks_embedded += s.chunks_embedded;
-        t.chunks_reused += s.chunks_reused;
-        t.embed_ms += s.embed_ms;
-        t.commit_ms += s.commit_ms;
-        t.points_upserted += s.points_upserted;
-        t.points_deleted += s.points_deleted;
+        t.absorb(s);
     }
+    t.scan_complete = sources.iter().all(|s| s.scan_complete);
+    t.error = None;
     t
 }
 
@@ -450,7 +676,13 @@ fn totals(sources: &[SourceStats]) -> SourceStats {
 struct GateOutcome {
     /// Hashes of every key the scan reported (16 bytes a document, not the keys).
     seen: HashSet<u128>,
-    scan_complete: bool,
+    /// Keys the source reported deleted.
+    deletes: Vec<DocKey>,
+    end: RoundEnd,
+    first_event: Option<Instant>,
+    /// When the round's first change arrived (a watcher's round starts then, not when
+    /// it began waiting), by the monotonic and the wall clock.
+    first_change: Option<(Instant, String)>,
     scanned: u64,
     unchanged: u64,
 }
@@ -460,60 +692,95 @@ fn key_hash(key: &str) -> u128 {
     u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
-/// Stage 1: asks the ledger about each reported document, skips unchanged ones without
-/// reading them, and reads, extracts and chunks the rest on the blocking pool.
+/// Stage 1: takes the round's changes (up to the source's next marker), asks the ledger
+/// about each reported document, skips unchanged ones without reading them, and reads,
+/// extracts and chunks the rest on the blocking pool. On cancellation it stops taking
+/// changes and abandons what it was preparing.
 async fn gate_and_prepare(
     ctx: Arc<Ctx>,
-    mut changes: mpsc::Receiver<Change>,
+    changes: &mut mpsc::Receiver<Change>,
     work: mpsc::Sender<Work>,
+    reached_marker: &mut bool,
 ) -> Result<GateOutcome> {
     let mut outcome = GateOutcome {
         seen: HashSet::new(),
-        scan_complete: false,
+        deletes: Vec::new(),
+        end: RoundEnd::Closed,
+        first_event: None,
+        first_change: None,
         scanned: 0,
         unchanged: 0,
     };
     let mut in_flight: JoinSet<Work> = JoinSet::new();
     let mut buffer = Vec::with_capacity(GATE_BATCH);
-    while let Some(first) = changes.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => {
+                outcome.end = RoundEnd::Cancelled;
+                in_flight.shutdown().await;
+                return Ok(outcome);
+            }
+            change = changes.recv() => match change {
+                Some(change) => change,
+                None => break,
+            },
+        };
+        if outcome.first_change.is_none() {
+            outcome.first_change = Some((Instant::now(), now()));
+        }
         buffer.push(first);
-        while buffer.len() < GATE_BATCH {
+        // Never read past this round's marker: what follows belongs to the next round.
+        while buffer.len() < GATE_BATCH && !buffer.last().is_some_and(Change::ends_scan) {
             match changes.try_recv() {
                 Ok(change) => buffer.push(change),
                 Err(_) => break,
             }
         }
         let mut upserts = Vec::new();
+        let mut end = None;
         for change in buffer.drain(..) {
             match change {
                 Change::Upsert(doc) => upserts.push(doc),
-                Change::ScanComplete => outcome.scan_complete = true,
-                // Folder scans report deletions by omission (the sweep); explicit deletes
-                // come from watchers, which a one-off sync does not run.
-                Change::Delete(_) => {}
+                Change::Delete(key) => outcome.deletes.push(key),
+                Change::ScanComplete => end = Some(RoundEnd::Full),
+                Change::ScopeComplete {
+                    scopes,
+                    first_event,
+                } => {
+                    outcome.first_event = first_event;
+                    end = Some(RoundEnd::Scoped(scopes));
+                }
+                Change::ScanAborted { reason } => end = Some(RoundEnd::Aborted(reason)),
             }
         }
-        if upserts.is_empty() {
-            continue;
+        if let Some(end) = &end {
+            *reached_marker = true;
+            outcome.end = end.clone();
         }
-        let keys: Vec<&str> = upserts.iter().map(|d| d.key.as_str()).collect();
-        let mut known = ctx.ledger.lookup(&ctx.source_id, &keys).await?;
-        outcome.scanned += upserts.len() as u64;
-        LiveCounters::add(&ctx.live.scanned, upserts.len() as u64);
-        for doc in upserts {
-            outcome.seen.insert(key_hash(&doc.key));
-            let prior = known.remove(&doc.key);
-            if prior.as_ref().is_some_and(|p| is_current(&ctx, p, &doc)) {
-                outcome.unchanged += 1;
-                LiveCounters::add(&ctx.live.finished, 1);
-                continue;
+        if !upserts.is_empty() {
+            let keys: Vec<&str> = upserts.iter().map(|d| d.key.as_str()).collect();
+            let mut known = ctx.ledger.lookup(&ctx.source_id, &keys).await?;
+            outcome.scanned += upserts.len() as u64;
+            LiveCounters::add(&ctx.live.scanned, upserts.len() as u64);
+            for doc in upserts {
+                outcome.seen.insert(key_hash(&doc.key));
+                let prior = known.remove(&doc.key);
+                if prior.as_ref().is_some_and(|p| is_current(&ctx, p, &doc)) {
+                    outcome.unchanged += 1;
+                    LiveCounters::add(&ctx.live.finished, 1);
+                    continue;
+                }
+                while in_flight.len() >= ctx.parallel_documents {
+                    let done = in_flight.join_next().await.expect("set is not empty");
+                    send(&work, done.map_err(|e| Error::Task(e.to_string()))?).await?;
+                }
+                let ctx = ctx.clone();
+                in_flight.spawn_blocking(move || prepare(&ctx, doc, prior));
             }
-            while in_flight.len() >= ctx.parallel_documents {
-                let done = in_flight.join_next().await.expect("set is not empty");
-                send(&work, done.map_err(|e| Error::Task(e.to_string()))?).await?;
-            }
-            let ctx = ctx.clone();
-            in_flight.spawn_blocking(move || prepare(&ctx, doc, prior));
+        }
+        if end.is_some() {
+            break;
         }
     }
     while let Some(done) = in_flight.join_next().await {
@@ -634,6 +901,12 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
     };
     let bytes = match doc.content.read(ctx.max_document_bytes) {
         Ok(bytes) => bytes,
+        // Gone since it was listed (a watcher sees this all the time): not a failure.
+        // Its points go; the deletion's own event or the next scan removes the row.
+        Err(err @ ReadError::Vanished) => {
+            tracing::debug!(source = %ctx.source_id, key = %doc.key, "vanished before it was read");
+            return record(DocStatus::Skipped, err.to_string(), None, Some(media));
+        }
         Err(err) => return record(DocStatus::Failed, err.to_string(), None, Some(media)),
     };
     let hash = content_hash(&bytes);
@@ -745,6 +1018,10 @@ async fn embed_batches(
             if chunk_count < ctx.commit_batch_chunks && records.len() < GATE_BATCH {
                 next = work.try_recv().ok();
             }
+        }
+        if ctx.cancel.is_cancelled() {
+            // Shutting down: this batch is abandoned before anything is written for it.
+            continue;
         }
         let started = Instant::now();
         let known = reusable_vectors(&ctx, &docs).await?;
@@ -1140,28 +1417,44 @@ where
     }
 }
 
-/// After a complete scan: documents in the ledger that the scan did not report are gone
-/// from the source; their points and rows are removed, behind the mass-deletion guard.
+/// After a scan: documents in the ledger that the scan covered (`scope`: `Some(None)` for
+/// everything, `Some(Some(scopes))` for a partial scan, `None` for nothing) but did not
+/// report are gone from the source, and so are the ones it reported deleted. Their
+/// points and rows are removed, behind the mass-deletion guard.
 async fn sweep(
     ctx: &Ctx,
+    scope: Option<Option<&[DocKey]>>,
     seen: &HashSet<u128>,
+    deletes: &[DocKey],
     options: &SyncOptions,
     stats: &mut SourceStats,
     planned: &mut Vec<PlannedChange>,
 ) -> Result<()> {
-    let mut gone = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = ctx
-            .ledger
-            .keys_page(&ctx.source_id, after.as_deref(), SWEEP_PAGE)
-            .await?;
-        let Some(last) = page.last().cloned() else {
-            break;
-        };
-        gone.extend(page.into_iter().filter(|k| !seen.contains(&key_hash(k))));
-        after = Some(last);
+    let mut gone: Vec<String> = deletes.to_vec();
+    let ranges: Vec<&str> = match scope {
+        None => Vec::new(),
+        Some(None) => vec![""],
+        Some(Some(scopes)) => scopes.iter().map(String::as_str).collect(),
+    };
+    for range in ranges {
+        let mut after: Option<String> = None;
+        loop {
+            let page = ctx
+                .ledger
+                .keys_page_in(&ctx.source_id, range, after.as_deref(), SWEEP_PAGE)
+                .await?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            gone.extend(
+                page.into_iter()
+                    .filter(|k| in_scope(range, k) && !seen.contains(&key_hash(k))),
+            );
+            after = Some(last);
+        }
     }
+    gone.sort();
+    gone.dedup();
     if gone.is_empty() {
         return Ok(());
     }
@@ -1195,7 +1488,7 @@ async fn sweep(
                 });
             }
         }
-        stats.deleted += keys.len() as u64;
+        stats.deleted += records.len() as u64;
         stats.points_deleted += ids.len() as u64;
         if ctx.dry_run {
             continue;

@@ -1,19 +1,24 @@
 //! The folder source: walks a directory tree (honouring .gitignore and include/exclude
-//! globs) and reports each regular file with a cheap version hint.
+//! globs) and reports each regular file with a cheap version hint; in follow mode it
+//! rescans what the OS reports as changed (see `fs_watch`).
 //!
 //! Invariant: symlinks are never followed (so nothing outside the root is read and no file
-//! is indexed twice through a link), and `ScanComplete` is sent only when the walk visited
-//! every directory without error.
+//! is indexed twice through a link), and a completion marker is sent only when the walk
+//! visited every directory it covers without error. A partial walk applies exactly the
+//! same rules as a full one, so watching and scanning agree on what exists.
 
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ignore::WalkBuilder;
 use tracing::{debug, warn};
 
+use crate::fs_watch::{WatchControl, WatchSettings};
 use crate::{Change, DocContent, DocKey, RawDoc, Source, SourceContext, SourceError};
 
 /// What to walk and what to leave out.
@@ -27,6 +32,10 @@ pub struct FolderSourceOptions {
     pub respect_gitignore: bool,
     /// Also walk hidden files and directories (names starting with `.`).
     pub include_hidden: bool,
+    /// How follow mode debounces and re-checks.
+    pub watch: WatchSettings,
+    /// Lets the owner ask a following source for a full rescan.
+    pub control: Option<Arc<WatchControl>>,
 }
 
 pub struct FolderSource {
@@ -86,14 +95,31 @@ impl FolderSource {
         &self.root
     }
 
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn options(&self) -> &FolderSourceOptions {
+        &self.options
+    }
+
     fn wanted(&self, key: &str) -> bool {
         self.include.as_ref().is_none_or(|set| set.is_match(key)) && !self.exclude.is_match(key)
     }
 
-    /// The walk itself, on a blocking thread: sends every wanted regular file, then
-    /// `ScanComplete` if nothing went wrong.
-    fn scan_blocking(&self, root: &Path, cx: &SourceContext) -> Result<(), SourceError> {
+    /// The walk itself, on a blocking thread: sends every wanted regular file under
+    /// `scopes` (everything when `None`). Errors when part of the tree could not be read.
+    pub(crate) fn walk_blocking(
+        &self,
+        root: &Path,
+        scopes: Option<Arc<ScopeFilter>>,
+        cx: &SourceContext,
+    ) -> Result<(), SourceError> {
         let mut walker = WalkBuilder::new(root);
+        if let Some(scopes) = scopes {
+            let root = root.to_path_buf();
+            walker.filter_entry(move |entry| scopes.admits(&root, entry.path()));
+        }
         walker
             .follow_links(false)
             .hidden(!self.options.include_hidden)
@@ -165,7 +191,7 @@ impl FolderSource {
         }
 
         if walk_errors.is_empty() {
-            send_blocking(cx, Change::ScanComplete)
+            Ok(())
         } else {
             Err(SourceError::ScanFailed {
                 source_id: self.id.clone(),
@@ -186,21 +212,87 @@ impl Source for FolderSource {
     }
 
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
-        let root = check_root(&self.id, &self.root)?;
-        let source_id = self.id.clone();
-        let this = self;
-        tokio::task::spawn_blocking(move || this.scan_blocking(&root, &cx))
+        let this: Arc<Self> = Arc::from(self);
+        if cx.follow {
+            return crate::fs_watch::follow(this, cx).await;
+        }
+        let root = check_root(&this.id, &this.root)?;
+        this.walk(root, None, cx.clone()).await?;
+        cx.send(Change::ScanComplete).await
+    }
+}
+
+impl FolderSource {
+    /// Walks (all of the tree, or `scopes`) on the blocking pool.
+    pub(crate) async fn walk(
+        self: &Arc<Self>,
+        root: PathBuf,
+        scopes: Option<Arc<ScopeFilter>>,
+        cx: SourceContext,
+    ) -> Result<(), SourceError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.walk_blocking(&root, scopes, &cx))
             .await
             .map_err(|err| SourceError::ScanFailed {
-                source_id,
+                source_id: self.id.clone(),
                 reason: format!("scan task failed: {err}"),
             })?
     }
 }
 
+/// The parts of a tree a partial walk covers: each scope is a key (a file or a directory
+/// relative to the root), covering itself and everything below it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ScopeFilter {
+    scopes: BTreeSet<DocKey>,
+    /// Directories the walk must enter to reach a scope.
+    ancestors: HashSet<DocKey>,
+}
+
+impl ScopeFilter {
+    /// The smallest set of scopes covering `keys` (a key below another is dropped).
+    pub(crate) fn new(keys: impl IntoIterator<Item = DocKey>) -> Self {
+        let sorted: BTreeSet<DocKey> = keys.into_iter().collect();
+        let mut scopes = BTreeSet::new();
+        let mut ancestors = HashSet::new();
+        for key in sorted {
+            if key_ancestors(&key).any(|a| scopes.contains(a)) {
+                continue;
+            }
+            ancestors.extend(key_ancestors(&key).map(str::to_string));
+            scopes.insert(key);
+        }
+        Self { scopes, ancestors }
+    }
+
+    pub(crate) fn scopes(&self) -> Vec<DocKey> {
+        self.scopes.iter().cloned().collect()
+    }
+
+    fn admits(&self, root: &Path, path: &Path) -> bool {
+        let Some(key) = doc_key(root, path) else {
+            // The root itself, or a name that is not UTF-8 (the walk reports those).
+            return true;
+        };
+        self.ancestors.contains(&key)
+            || self.scopes.contains(&key)
+            || key_ancestors(&key).any(|a| self.scopes.contains(a))
+    }
+}
+
+/// `a/b/c.md` -> `a/b`, `a` (nearest first).
+fn key_ancestors(key: &str) -> impl Iterator<Item = &str> {
+    let mut rest = key;
+    std::iter::from_fn(move || {
+        let (parent, _) = rest.rsplit_once('/')?;
+        rest = parent;
+        Some(parent)
+    })
+}
+
 /// A missing, unreadable or non-directory root is an error, never "the folder is empty":
 /// treating it as empty would delete the whole index.
-fn check_root(source_id: &str, root: &Path) -> Result<PathBuf, SourceError> {
+pub(crate) fn check_root(source_id: &str, root: &Path) -> Result<PathBuf, SourceError> {
     let unavailable = |reason: String| SourceError::RootUnavailable {
         source_id: source_id.to_string(),
         path: root.to_path_buf(),
@@ -239,11 +331,23 @@ pub fn doc_key(root: &Path, path: &Path) -> Option<DocKey> {
     (!key.is_empty()).then_some(key)
 }
 
+/// A file changed this recently may change again within the file system's timestamp
+/// granularity without its hint changing. Linux stamps files from a clock that ticks
+/// every 1 to 10 ms; file systems that keep whole seconds (their nanoseconds are zero)
+/// get a window of two seconds.
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+const RACY_WINDOW_COARSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// mtime and size are what users expect; ctime and inode catch what they miss: tools that
 /// restore an old mtime (`cp -p`, `rsync -t`, archive extraction) still bump ctime, and an
 /// editor's atomic save replaces the inode.
+///
+/// Timestamps are coarse: two same-size writes within one clock tick leave the same hint.
+/// So, as git does with "racily clean" entries, a hint taken while the file is still
+/// fresh is made unique and never matches a stored one: such a file is read and hashed
+/// (cheap; unchanged content is not re-embedded) until it has been quiet for a while.
 pub fn version_hint(meta: &std::fs::Metadata) -> String {
-    format!(
+    let hint = format!(
         "m{}.{:09}-c{}.{:09}-s{}-i{}",
         meta.mtime(),
         meta.mtime_nsec(),
@@ -251,7 +355,28 @@ pub fn version_hint(meta: &std::fs::Metadata) -> String {
         meta.ctime_nsec(),
         meta.len(),
         meta.ino()
-    )
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let changed = std::time::Duration::new(
+        meta.ctime().max(meta.mtime()).max(0) as u64,
+        if meta.ctime() >= meta.mtime() {
+            meta.ctime_nsec()
+        } else {
+            meta.mtime_nsec()
+        } as u32,
+    );
+    let window = if meta.mtime_nsec() == 0 && meta.ctime_nsec() == 0 {
+        RACY_WINDOW_COARSE
+    } else {
+        RACY_WINDOW
+    };
+    if now.saturating_sub(changed) < window || changed > now {
+        format!("{hint}-racy{}", now.as_nanos())
+    } else {
+        hint
+    }
 }
 
 /// Why a document's bytes could not be read.
@@ -354,6 +479,56 @@ mod tests {
     }
 
     #[test]
+    fn scope_filters_keep_the_outermost_scopes_and_the_way_to_them() {
+        let filter = ScopeFilter::new(["a/b/c.md".into(), "a/b".into(), "d.md".into()]);
+        assert_eq!(filter.scopes(), ["a/b", "d.md"]);
+        let root = Path::new("/r");
+        assert!(filter.admits(root, Path::new("/r")));
+        assert!(filter.admits(root, Path::new("/r/a")));
+        assert!(filter.admits(root, Path::new("/r/a/b")));
+        assert!(filter.admits(root, Path::new("/r/a/b/x/y.md")));
+        assert!(filter.admits(root, Path::new("/r/d.md")));
+        assert!(!filter.admits(root, Path::new("/r/a/c")));
+        assert!(!filter.admits(root, Path::new("/r/e.md")));
+    }
+
+    #[tokio::test]
+    async fn a_partial_walk_reports_only_its_scopes_with_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for rel in ["a/x.md", "a/y.log", "b/z.md", "c.md"] {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "text").unwrap();
+        }
+        std::fs::write(root.join(".gitignore"), "*.log\n").unwrap();
+        let source = Arc::new(
+            FolderSource::new(
+                "t",
+                &root,
+                FolderSourceOptions {
+                    respect_gitignore: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let cx = SourceContext {
+            changes: tx,
+            cancel: Default::default(),
+            follow: false,
+        };
+        let scopes = ScopeFilter::new(["a".into(), "c.md".into(), "gone.md".into()]);
+        source.walk(root, Some(Arc::new(scopes)), cx).await.unwrap();
+        let mut keys = Vec::new();
+        while let Some(Change::Upsert(doc)) = rx.recv().await {
+            keys.push(doc.key);
+        }
+        assert_eq!(keys, ["a/x.md", "c.md"]);
+    }
+
+    #[test]
     fn bad_glob_is_a_config_error_naming_the_glob() {
         let err = FolderSource::new(
             "t",
@@ -400,10 +575,27 @@ mod tests {
         std::os::unix::fs::symlink(root.join("a.md"), root.join("link-to-a.md")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("outside.md"), root.join("escape.md")).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("loop")).unwrap();
+        // Hints of files changed within the last clock tick are unique on purpose.
+        std::thread::sleep(RACY_WINDOW);
 
         let docs = crate::testing::check_stable(|| folder(&root)).await;
         let keys: Vec<&str> = docs.keys().map(String::as_str).collect();
         assert_eq!(keys, ["a.md", "sub/deeper/b.txt"]);
+    }
+
+    #[test]
+    fn hints_of_freshly_changed_files_never_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.md");
+        std::fs::write(&path, "one").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        // Just written: each look gives a hint of its own, so nothing trusts it.
+        assert_ne!(version_hint(&meta), version_hint(&meta));
+        assert!(version_hint(&meta).contains("-racy"));
+        // Quiet for longer than a clock tick: the hint is stable.
+        std::thread::sleep(RACY_WINDOW + std::time::Duration::from_millis(50));
+        assert_eq!(version_hint(&meta), version_hint(&meta));
+        assert!(!version_hint(&meta).contains("-racy"));
     }
 
     #[tokio::test]

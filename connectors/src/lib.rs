@@ -3,21 +3,26 @@
 //!
 //! Invariant: a source only ever reports what it observed. A full scan ends in exactly one
 //! [`Change::ScanComplete`], and only after every document of the scan was sent, so the
-//! consumer may treat "not seen before `ScanComplete`" as "deleted". A scan that could not
-//! finish (missing root, I/O error on a directory) ends in an error instead, never in
-//! `ScanComplete`.
+//! consumer may treat "not seen before `ScanComplete`" as "deleted". A partial scan (a
+//! watcher rescanning what changed) ends in [`Change::ScopeComplete`] naming exactly the
+//! key ranges it covered. A scan that could not finish (missing root, I/O error on a
+//! directory) ends in an error, or in [`Change::ScanAborted`] when the source keeps
+//! following, never in a completion marker.
 
 pub mod fs;
+mod fs_watch;
 pub mod testing;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use fs::{content_hash, FolderSource, FolderSourceOptions, ReadError};
+pub use fs_watch::{WatchControl, WatchSettings};
 
 /// A document's identity inside one source, stable across runs (for folders: the path
 /// relative to the root, with `/` separators).
@@ -45,13 +50,48 @@ pub struct RawDoc {
     pub content: DocContent,
 }
 
-/// What a source reports.
+/// What a source reports. Each scan ends in one marker (`ScanComplete`, `ScopeComplete`
+/// or `ScanAborted`); a consumer processes everything up to a marker as one round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Upsert(RawDoc),
+    /// The document is gone (a source that observes deletions directly).
     Delete(DocKey),
     /// Every document that exists was sent since the scan began.
     ScanComplete,
+    /// Every document that exists under these scopes was sent since this partial scan
+    /// began. A scope covers the key itself and every key below `scope/`; the empty scope
+    /// covers the whole source.
+    ScopeComplete {
+        scopes: Vec<DocKey>,
+        /// When the oldest change this scan answers was observed (for lag metrics).
+        first_event: Option<Instant>,
+    },
+    /// A scan of a following source could not finish: what it sent is real, but nothing
+    /// may be concluded about deletions.
+    ScanAborted {
+        reason: String,
+    },
+}
+
+impl Change {
+    /// Whether this change ends a scan (and so a round).
+    pub fn ends_scan(&self) -> bool {
+        matches!(
+            self,
+            Self::ScanComplete | Self::ScopeComplete { .. } | Self::ScanAborted { .. }
+        )
+    }
+}
+
+/// Whether `key` lies in `scope`: the key itself, or below `scope/`. The empty scope
+/// covers every key.
+pub fn in_scope(scope: &str, key: &str) -> bool {
+    scope.is_empty()
+        || key == scope
+        || (key.len() > scope.len()
+            && key.starts_with(scope)
+            && key.as_bytes()[scope.len()] == b'/')
 }
 
 /// What a source gets to talk to the pipeline with.
@@ -59,7 +99,8 @@ pub enum Change {
 pub struct SourceContext {
     pub changes: mpsc::Sender<Change>,
     pub cancel: CancellationToken,
-    /// `false` for a one-off sync: scan, send `ScanComplete`, return.
+    /// `false` for a one-off sync: scan, send `ScanComplete`, return. `true` for watch
+    /// mode: scan, then report changes (as partial scans) until cancelled.
     pub follow: bool,
 }
 
@@ -113,5 +154,20 @@ impl fmt::Display for DocContent {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Inline(bytes) => write!(f, "<{} inline bytes>", bytes.len()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_cover_the_key_and_what_is_below_it_only() {
+        assert!(in_scope("", "a/b.md"));
+        assert!(in_scope("a", "a"));
+        assert!(in_scope("a", "a/b.md"));
+        assert!(!in_scope("a", "ab.md"));
+        assert!(!in_scope("a", "a.md"));
+        assert!(!in_scope("a/b", "a"));
     }
 }

@@ -33,6 +33,7 @@ pub async fn scan(source: Box<dyn Source>) -> Result<BTreeMap<String, String>, S
             }
             Change::Delete(key) => panic!("a one-off scan reported a deletion of {key}"),
             Change::ScanComplete => complete = true,
+            other => panic!("a one-off scan sent {other:?}"),
         }
     }
     run.await.expect("source task panicked")?;

@@ -159,13 +159,14 @@ impl Embedder for FastEmbedder {
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut out = vec![Vec::new(); texts.len()];
-        let mut model = self
-            .model
-            .lock()
-            .map_err(|_| EmbedError::Inference("embedder poisoned by an earlier panic".into()))?;
         for group in length_groups(texts, self.batch_size, self.batch_tokens) {
             let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
-            let vectors = model
+            // Locked per call, not per batch: a query embedding its one text while a
+            // watcher indexes waits for one small call, not for the whole batch.
+            let vectors = self
+                .model
+                .lock()
+                .map_err(|_| EmbedError::Inference("embedder poisoned by an earlier panic".into()))?
                 .embed(&batch, Some(batch.len()))
                 .map_err(|err| EmbedError::Inference(err.to_string()))?;
             if vectors.len() != batch.len() {

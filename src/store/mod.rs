@@ -23,7 +23,7 @@ pub struct Point {
 }
 
 /// A search result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Hit {
     pub id: PointId,
     pub score: f32,
