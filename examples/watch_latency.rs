@@ -83,9 +83,18 @@ async fn probe(index: &Index, root: &Path, n: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
     std::fs::write(&tmp, &text)?;
     std::fs::rename(&tmp, &path)?;
+    // The query is embedded once and searched repeatedly: polling must not steal the
+    // embedder from the watcher it is measuring.
+    let vector = {
+        let embedder = index.embedder.clone();
+        tokio::task::spawn_blocking(move || embedder.embed(&[query.as_str()]))
+            .await??
+            .pop()
+            .unwrap_or_default()
+    };
     let deadline = started + Duration::from_secs(120);
     loop {
-        let hits = index.query(&query, 1, None).await?;
+        let hits = index.store.search(&vector, 1, None).await?;
         let fresh = hits.first().is_some_and(|hit| {
             hit.payload.get("doc_key").and_then(|v| v.as_str()) == Some("probe.md")
                 && hit
@@ -140,13 +149,19 @@ async fn main() -> anyhow::Result<()> {
     // Round durations of rounds that indexed exactly one document: the time to process
     // one document alone, as the watcher does it (scoped walk, pipeline, commit).
     let single_doc_rounds = Arc::new(Mutex::new(Vec::<f64>::new()));
+    // Every round: (documents it took, milliseconds it ran).
+    let all_rounds = Arc::new(Mutex::new(Vec::<(u64, u64, u64, u64)>::new()));
     let sink = {
         let single = single_doc_rounds.clone();
+        let all = all_rounds.clone();
         Arc::new(move |report: &RunReport| {
             let t = &report.totals;
             if t.added + t.updated == 1 && t.deleted == 0 && t.scanned == 1 {
                 single.lock().unwrap().push(report.duration_ms as f64);
             }
+            all.lock()
+                .unwrap()
+                .push((t.scanned, report.duration_ms, t.embed_ms, t.commit_ms));
         })
     };
     let options = WatchOptions {
@@ -209,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
             started.elapsed()
         }
     });
+    let rounds_before = all_rounds.lock().unwrap().len();
     let load_started = Instant::now();
     let mut timed = Vec::new();
     let mut n = probes;
@@ -226,6 +242,24 @@ async fn main() -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64()
     );
+    {
+        let rounds = all_rounds.lock().unwrap();
+        let under_load = &rounds[rounds_before..];
+        let n = under_load.len().max(1) as f64;
+        let docs: u64 = under_load.iter().map(|r| r.0).sum();
+        let ms: u64 = under_load.iter().map(|r| r.1).sum();
+        let embed_ms: u64 = under_load.iter().map(|r| r.2).sum();
+        let commit_ms: u64 = under_load.iter().map(|r| r.3).sum();
+        println!(
+            "rounds under load: {} rounds, {docs} documents ({:.0}/s), a round: {:.1} documents, {:.0} ms ({:.0} ms embedding, {:.0} ms store and ledger)",
+            under_load.len(),
+            docs as f64 / elapsed.as_secs_f64(),
+            docs as f64 / n,
+            ms as f64 / n,
+            embed_ms as f64 / n,
+            commit_ms as f64 / n,
+        );
+    }
     let mut all: Vec<f64> = timed.iter().map(|(_, l)| *l).collect();
     let (_, load_p95) = summary(&format!("under {rate} events/s, write -> query"), &mut all);
     let third = seconds as f64 / 3.0;

@@ -29,6 +29,8 @@ use crate::{Change, DocKey, SourceContext, SourceError};
 
 /// More distinct paths than this in one batch are cheaper to rescan as a whole tree.
 const MAX_SCOPES: usize = 10_000;
+/// How often a follower whose last partial scan is still queued checks again.
+const BUSY_RECHECK: Duration = Duration::from_millis(5);
 /// Wait before setting the watch up again after the root vanished or the watcher failed.
 const RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -257,7 +259,17 @@ pub(crate) async fn follow(
                     None => std::future::pending().await,
                 }
             };
-            let due = waiting.next_due(settings.debounce, max_wait);
+            // Backpressure by rounds: while the previous partial scan still waits in the
+            // channel, hold the next one back and let due paths accumulate, so a busy
+            // pipeline gets fewer, larger rounds instead of a growing queue of small ones.
+            let pipeline_busy = cx.changes.capacity() < cx.changes.max_capacity();
+            let due = waiting.next_due(settings.debounce, max_wait).map(|due| {
+                if pipeline_busy {
+                    due.max(Instant::now() + BUSY_RECHECK)
+                } else {
+                    due
+                }
+            });
             let debounced = async {
                 match due {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -286,6 +298,9 @@ pub(crate) async fn follow(
                     }
                 }
                 _ = debounced => {
+                    if cx.changes.capacity() < cx.changes.max_capacity() {
+                        continue;
+                    }
                     let (paths, oldest) = waiting.take_due(Instant::now(), settings.debounce, max_wait);
                     first_event = oldest;
                     pending = rescan_for(&root, &paths, source.options().include_hidden);

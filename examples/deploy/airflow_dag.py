@@ -37,7 +37,8 @@ with DAG(
 
     verify = BashOperator(
         task_id="verify",
-        # Exit 4 means the ledger and the store drifted apart: repair and alert.
+        # Exit 4 means the ledger and the store drifted apart: repair it (the task log
+        # keeps what verify found).
         bash_command=f"{FRESHET} verify --config {CONFIG} --json || {FRESHET} verify --config {CONFIG} --repair --json",
         trigger_rule="all_done",
     )
