@@ -68,6 +68,8 @@ struct Watcher {
     index: Arc<Index>,
     options: WatchOptions,
     task: tokio::task::JoinHandle<freshet::Result<()>>,
+    /// Every round's report, in order.
+    reports: Arc<std::sync::Mutex<Vec<freshet::RunReport>>>,
 }
 
 impl Watcher {
@@ -78,11 +80,16 @@ impl Watcher {
                 .await
                 .expect("open index (is the model provisioned? run scripts/provision)"),
         );
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
         let options = WatchOptions {
-            // Round errors explain a failure of these tests; print them.
-            on_report: Some(Arc::new(|report: &freshet::RunReport| {
-                if let Some(error) = &report.error {
-                    eprintln!("round failed: {error}");
+            on_report: Some(Arc::new({
+                let reports = reports.clone();
+                move |report: &freshet::RunReport| {
+                    // Round errors explain a failure of these tests; print them.
+                    if let Some(error) = &report.error {
+                        eprintln!("round failed: {error}");
+                    }
+                    reports.lock().unwrap().push(report.clone());
                 }
             })),
             ..WatchOptions::default()
@@ -96,6 +103,7 @@ impl Watcher {
             index,
             options,
             task,
+            reports,
         };
         watcher
             .wait_for("the catch-up scan", || {
@@ -405,4 +413,42 @@ async fn changes_the_os_dropped_are_found_by_the_rescan() {
         .any(|p| str_field(p, "doc_key") == "remove.md"));
     let fresh = fresh_sync_points(&ws, &config).await;
     assert_same_index(&watched, &fresh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renames_and_moves_while_watching_re_embed_nothing() {
+    let ws = Workspace::with_sample_corpus();
+    let watcher = Watcher::start(ws.config()).await;
+    let caught_up = watcher.reports.lock().unwrap().len();
+
+    std::fs::rename(
+        ws.corpus().join("returns-policy.txt"),
+        ws.corpus().join("refunds.txt"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(ws.corpus().join("archive/2026")).unwrap();
+    std::fs::rename(
+        ws.corpus().join("guides/japan-rail.md"),
+        ws.corpus().join("archive/2026/japan-rail.md"),
+    )
+    .unwrap();
+    watcher.settle(Duration::from_millis(800)).await;
+
+    let reports: Vec<_> = watcher.reports.lock().unwrap()[caught_up..].to_vec();
+    let embedded: u64 = reports.iter().map(|r| r.totals.chunks_embedded).sum();
+    let reused: u64 = reports.iter().map(|r| r.totals.chunks_reused).sum();
+    let deleted: u64 = reports.iter().map(|r| r.totals.deleted).sum();
+    assert_eq!(
+        embedded, 0,
+        "a rename or move re-embedded chunks: {reports:#?}"
+    );
+    assert!(reused > 0, "{reports:#?}");
+    assert_eq!(deleted, 2, "{reports:#?}");
+    let (_, watched) = watcher.stop().await;
+    let keys: std::collections::BTreeSet<&str> =
+        watched.values().map(|p| str_field(p, "doc_key")).collect();
+    assert!(keys.contains("refunds.txt"), "{keys:?}");
+    assert!(keys.contains("archive/2026/japan-rail.md"), "{keys:?}");
+    assert!(!keys.contains("returns-policy.txt"), "{keys:?}");
+    assert!(!keys.contains("guides/japan-rail.md"), "{keys:?}");
 }
