@@ -61,7 +61,59 @@ pub struct WatchConfig {
 pub enum SourceConfig {
     /// A directory tree of documents (Markdown, text, source code, HTML, PDF).
     Folder(FolderConfig),
+    /// Rows of a table or a query (PostgreSQL, MySQL/MariaDB, SQLite), one document each.
+    Sql(SqlConfig),
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Stable name of this source; part of every point id and payload.
+    pub id: String,
+    /// Name of the environment variable holding the connection URL (`postgres://...`,
+    /// `mysql://...`, `sqlite://...`). The URL is a secret: it is never written in the
+    /// config, logged or reported.
+    pub url_env: String,
+    /// A table (optionally `schema.table`) to index; or use `query`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A SELECT whose rows are indexed (joins welcome); or use `table`.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Columns whose values identify a row (the document key).
+    pub key: Vec<String>,
+    /// What gets embedded, with `{column}` placeholders, e.g. `"{title}\n\n{body}"`.
+    pub text: String,
+    /// Columns copied into every point's payload for filtering (e.g. a tenant or group
+    /// id for access control). Names must not clash with freshet's own payload fields.
+    #[serde(default)]
+    pub metadata: Vec<String>,
+    /// Seconds between scans while watching.
+    #[serde(default = "default_poll_interval_s")]
+    pub poll_interval_s: u64,
+}
+
+/// Payload fields freshet writes itself; metadata columns may not take these names.
+pub const RESERVED_PAYLOAD_FIELDS: &[&str] = &[
+    "source_id",
+    "doc_key",
+    "chunk_index",
+    "text",
+    "byte_start",
+    "byte_end",
+    "page",
+    "page_end",
+    "heading_path",
+    "title",
+    "media_type",
+    "content_hash",
+    "chunk_hash",
+    "fingerprint",
+    "decode_warning",
+    "indexed_at",
+    "table",
+    "row_key",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +142,7 @@ impl SourceConfig {
     pub fn id(&self) -> &str {
         match self {
             SourceConfig::Folder(folder) => &folder.id,
+            SourceConfig::Sql(sql) => &sql.id,
         }
     }
 }
@@ -172,6 +225,9 @@ pub struct PipelineConfig {
     pub max_delete_share: f64,
 }
 
+const fn default_poll_interval_s() -> u64 {
+    30
+}
 const fn default_debounce_ms() -> u64 {
     200
 }
@@ -356,6 +412,7 @@ impl Config {
         for source in &mut self.sources {
             match source {
                 SourceConfig::Folder(folder) => folder.path = resolve(&folder.path),
+                SourceConfig::Sql(_) => {}
             }
         }
         if let Some(dir) = &self.embedding.model_dir {
@@ -381,6 +438,33 @@ impl Config {
                 return invalid(format!(
                     "two sources share the id `{id}`; ids must be unique"
                 ));
+            }
+            if let SourceConfig::Sql(sql) = source {
+                if sql.table.is_some() == sql.query.is_some() {
+                    return invalid(format!(
+                        "source `{id}`: give exactly one of `table` and `query`"
+                    ));
+                }
+                if sql.key.is_empty() {
+                    return invalid(format!("source `{id}`: `key` names no column"));
+                }
+                if sql.url_env.trim().is_empty() {
+                    return invalid(format!(
+                        "source `{id}`: `url_env` must name the environment variable that holds the connection URL"
+                    ));
+                }
+                if let Some(name) = sql
+                    .metadata
+                    .iter()
+                    .find(|m| RESERVED_PAYLOAD_FIELDS.contains(&m.as_str()))
+                {
+                    return invalid(format!(
+                        "source `{id}`: metadata column `{name}` clashes with a payload field of freshet's own; alias it in a `query` (e.g. SELECT {name} AS row_{name})"
+                    ));
+                }
+                if sql.poll_interval_s == 0 {
+                    return invalid(format!("source `{id}`: poll_interval_s must be at least 1"));
+                }
             }
         }
         let chunking = &self.chunking;
@@ -544,7 +628,9 @@ mod tests {
         .unwrap();
         config.resolve_paths(Path::new("/srv/app"));
         assert_eq!(config.data_dir, PathBuf::from("/srv/app/state"));
-        let SourceConfig::Folder(folder) = &config.sources[0];
+        let SourceConfig::Folder(folder) = &config.sources[0] else {
+            panic!("a folder source");
+        };
         assert_eq!(folder.path, PathBuf::from("/srv/app/docs"));
         assert_eq!(
             absolute(Path::new("/srv/app/../x/./y")),

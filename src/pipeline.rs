@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use freshet_connectors::{
     content_hash, in_scope, Change, DocKey, FolderSource, FolderSourceOptions, RawDoc, ReadError,
-    Source, SourceContext, WatchControl, WatchSettings,
+    Source, SourceContext, SqlSource, SqlSourceOptions, WatchControl, WatchSettings,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -260,6 +260,8 @@ struct PreparedDoc {
     decode_warning: Option<String>,
     chunks: Vec<Chunk>,
     prior: Option<DocRecord>,
+    /// Payload fields the source adds (a row's table, key and metadata columns).
+    metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A batch ready for the store: prepared documents with one vector per chunk.
@@ -656,6 +658,27 @@ pub fn build_source(
                 control,
             },
         )?),
+        SourceConfig::Sql(sql) => {
+            let url = std::env::var(&sql.url_env).map_err(|_| {
+                Error::Config(crate::config::ConfigError::Invalid(format!(
+                    "source `{}`: the environment variable {} (the connection URL) is not set",
+                    sql.id, sql.url_env
+                )))
+            })?;
+            Box::new(SqlSource::new(
+                sql.id.clone(),
+                SqlSourceOptions {
+                    url,
+                    url_origin: format!("${}", sql.url_env),
+                    table: sql.table.clone(),
+                    query: sql.query.clone(),
+                    key: sql.key.clone(),
+                    text: sql.text.clone(),
+                    metadata: sql.metadata.clone(),
+                    poll_interval: Duration::from_secs(sql.poll_interval_s),
+                },
+            )?)
+        }
     })
 }
 
@@ -890,7 +913,11 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
             drop_ids,
         }
     };
-    let Some(media) = MediaType::from_key(&doc.key) else {
+    let media = match &doc.media {
+        Some(name) => MediaType::from_name(name),
+        None => MediaType::from_key(&doc.key),
+    };
+    let Some(media) = media else {
         let ext = doc.key.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
         let reason = if ext.is_empty() {
             "unsupported file type (no extension); add it to `exclude` to silence this".to_string()
@@ -909,7 +936,20 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
         }
         Err(err) => return record(DocStatus::Failed, err.to_string(), None, Some(media)),
     };
-    let hash = content_hash(&bytes);
+    // A row's payload fields are part of what it is: a changed tenant column must reach
+    // the payload even when the text is the same (its vectors are then reused).
+    let hash = if doc.metadata.is_empty() {
+        content_hash(&bytes)
+    } else {
+        let mut all = bytes.clone();
+        all.push(0x1f);
+        all.extend(
+            serde_json::Value::Object(doc.metadata.clone())
+                .to_string()
+                .as_bytes(),
+        );
+        content_hash(&all)
+    };
     if let Some(p) = &prior {
         if p.status == DocStatus::Indexed
             && p.content_hash.as_deref() == Some(hash.as_str())
@@ -953,6 +993,7 @@ fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
                 decode_warning: extracted.decode_warning,
                 chunks,
                 prior,
+                metadata: doc.metadata,
             })
         }
         Ok(Err(ExtractError::Skip(reason))) => {
@@ -1391,6 +1432,11 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
     }) else {
         unreachable!("json! object literal")
     };
+    let mut map = map;
+    for (field, value) in &doc.metadata {
+        // freshet's own fields win; config validation keeps names from clashing.
+        map.entry(field.clone()).or_insert_with(|| value.clone());
+    }
     map
 }
 

@@ -196,6 +196,8 @@ impl Source for VanishingSource {
             version: "v1".into(),
             size: None,
             content: DocContent::File(self.dir.join(key)),
+            media: None,
+            metadata: Default::default(),
         };
         let ghost_doc = doc("ghost.md");
         std::fs::remove_file(&ghost).unwrap();

@@ -176,6 +176,8 @@ impl FolderSource {
                         version: "unstat-able".into(),
                         size: None,
                         content: DocContent::File(entry.path().to_path_buf()),
+                        media: None,
+                        metadata: Default::default(),
                     };
                     send_blocking(cx, Change::Upsert(doc))?;
                     continue;
@@ -186,6 +188,8 @@ impl FolderSource {
                 version: version_hint(&meta),
                 size: Some(meta.len()),
                 content: DocContent::File(entry.path().to_path_buf()),
+                media: None,
+                metadata: Default::default(),
             };
             send_blocking(cx, Change::Upsert(doc))?;
         }

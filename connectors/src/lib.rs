@@ -11,6 +11,7 @@
 
 pub mod fs;
 mod fs_watch;
+pub mod sql;
 pub mod testing;
 
 use std::fmt;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use fs::{content_hash, FolderSource, FolderSourceOptions, ReadError};
 pub use fs_watch::{WatchControl, WatchSettings};
+pub use sql::{SqlSource, SqlSourceOptions};
 
 /// A document's identity inside one source, stable across runs (for folders: the path
 /// relative to the root, with `/` separators).
@@ -48,6 +50,12 @@ pub struct RawDoc {
     /// Size in bytes when the source knows it without reading (used for size limits).
     pub size: Option<u64>,
     pub content: DocContent,
+    /// What the content is when the key has no telling extension (`"text"` for rendered
+    /// rows); `None`: judged by the key's extension.
+    pub media: Option<String>,
+    /// Extra payload fields every chunk of the document carries (a row's table, key
+    /// values and metadata columns, for filtering).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What a source reports. Each scan ends in one marker (`ScanComplete`, `ScopeComplete`

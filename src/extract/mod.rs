@@ -28,6 +28,18 @@ pub enum MediaType {
 }
 
 impl MediaType {
+    /// The media type a source names (`text`, `markdown`, `html`, `code`, `pdf`).
+    pub fn from_name(name: &str) -> Option<MediaType> {
+        Some(match name {
+            "text" => MediaType::PlainText,
+            "markdown" => MediaType::Markdown,
+            "html" => MediaType::Html,
+            "code" => MediaType::Code,
+            "pdf" => MediaType::Pdf,
+            _ => return None,
+        })
+    }
+
     /// Decides by file name alone, so unknown files are skipped without being read.
     pub fn from_key(key: &str) -> Option<MediaType> {
         let name = key.rsplit('/').next().unwrap_or(key);

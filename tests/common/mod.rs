@@ -78,8 +78,9 @@ impl Workspace {
         let mut config = template.clone();
         config.data_dir = ws.data();
         for source in &mut config.sources {
-            let SourceConfig::Folder(folder) = source;
-            folder.path = ws.corpus();
+            if let SourceConfig::Folder(folder) = source {
+                folder.path = ws.corpus();
+            }
         }
         config
     }
