@@ -58,6 +58,8 @@ pub struct WatchConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// A config holds a handful of sources: their size does not matter, plain fields read better.
+#[allow(clippy::large_enum_variant)]
 pub enum SourceConfig {
     /// A directory tree of documents (Markdown, text, source code, HTML, PDF).
     Folder(FolderConfig),
@@ -88,9 +90,77 @@ pub struct SqlConfig {
     /// id for access control). Names must not clash with freshet's own payload fields.
     #[serde(default)]
     pub metadata: Vec<String>,
+    /// A timestamp column bumped on every change (e.g. `updated_at`): each scan then reads
+    /// in full only the rows changed since the last completed scan (and lists the keys of
+    /// the others, to find deletions). Unset: every scan reads every row and compares
+    /// content hashes.
+    #[serde(default)]
+    pub cursor_column: Option<String>,
+    /// Seconds before the cursor each scan starts again, so a row committed late with an
+    /// older timestamp (a long transaction) is not missed.
+    #[serde(default = "default_cursor_overlap_s")]
+    pub cursor_overlap_s: u64,
+    /// A column marking deleted rows (e.g. `deleted_at` or `is_deleted`): a row is live
+    /// while it is NULL, empty, 0 or false; marked rows are removed like deleted ones.
+    #[serde(default)]
+    pub soft_delete_column: Option<String>,
     /// Seconds between scans while watching.
     #[serde(default = "default_poll_interval_s")]
     pub poll_interval_s: u64,
+    /// Data-quality checks run on every scan before anything is written.
+    #[serde(default)]
+    pub checks: SqlChecksConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlChecksConfig {
+    /// `fail`: a scan with any violation writes and deletes nothing and the run fails.
+    /// `quarantine`: bad rows are recorded (status `quarantined`, with the reason) and not
+    /// indexed; the rest is. Schema drift always fails.
+    #[serde(default)]
+    pub on_violation: OnViolationConfig,
+    /// Columns that must exist, with their kind of type: `integer`, `number`, `text`,
+    /// `timestamp`, `boolean` or `any` (e.g. `{ id = "integer", body = "text" }`).
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, String>,
+    /// Columns that must not be NULL (key columns never may).
+    #[serde(default)]
+    pub not_null: Vec<String>,
+    /// Key values must be unique.
+    #[serde(default = "yes")]
+    pub unique_key: bool,
+    /// Allowed values of named columns (e.g. `{ status = ["open", "closed"] }`).
+    #[serde(default)]
+    pub allowed: std::collections::BTreeMap<String, Vec<String>>,
+    /// Numeric ranges `[min, max]` of named columns (e.g. `{ price = [0, 10000] }`).
+    #[serde(default)]
+    pub ranges: std::collections::BTreeMap<String, [f64; 2]>,
+    /// Largest share (0.0 to 1.0) of rows whose rendered text is empty.
+    #[serde(default)]
+    pub max_empty_text_share: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnViolationConfig {
+    #[default]
+    Fail,
+    Quarantine,
+}
+
+impl Default for SqlChecksConfig {
+    fn default() -> Self {
+        Self {
+            on_violation: OnViolationConfig::Fail,
+            columns: Default::default(),
+            not_null: Vec::new(),
+            unique_key: true,
+            allowed: Default::default(),
+            ranges: Default::default(),
+            max_empty_text_share: None,
+        }
+    }
 }
 
 /// Payload fields freshet writes itself; metadata columns may not take these names.
@@ -225,6 +295,9 @@ pub struct PipelineConfig {
     pub max_delete_share: f64,
 }
 
+const fn default_cursor_overlap_s() -> u64 {
+    300
+}
 const fn default_poll_interval_s() -> u64 {
     30
 }
@@ -461,6 +534,20 @@ impl Config {
                     return invalid(format!(
                         "source `{id}`: metadata column `{name}` clashes with a payload field of freshet's own; alias it in a `query` (e.g. SELECT {name} AS row_{name})"
                     ));
+                }
+                for (column, [min, max]) in &sql.checks.ranges {
+                    if min > max {
+                        return invalid(format!(
+                            "source `{id}`: checks.ranges.{column} = [{min}, {max}] is empty"
+                        ));
+                    }
+                }
+                if let Some(share) = sql.checks.max_empty_text_share {
+                    if !(0.0..=1.0).contains(&share) {
+                        return invalid(format!(
+                            "source `{id}`: checks.max_empty_text_share = {share} must be between 0.0 and 1.0"
+                        ));
+                    }
                 }
                 if sql.poll_interval_s == 0 {
                     return invalid(format!("source `{id}`: poll_interval_s must be at least 1"));

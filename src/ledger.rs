@@ -28,6 +28,9 @@ pub enum DocStatus {
     /// A write of the document's points is in flight (or was, when a run died): its points
     /// may be any of `point_ids` and `pending_point_ids`. The next sync redoes it.
     Pending,
+    /// The source's data-quality checks set it aside (the reason says why); its last good
+    /// points, if any, keep being served.
+    Quarantined,
 }
 
 impl DocStatus {
@@ -37,6 +40,7 @@ impl DocStatus {
             DocStatus::Failed => "failed",
             DocStatus::Skipped => "skipped",
             DocStatus::Pending => "pending",
+            DocStatus::Quarantined => "quarantined",
         }
     }
 
@@ -46,6 +50,7 @@ impl DocStatus {
             "failed" => Ok(DocStatus::Failed),
             "skipped" => Ok(DocStatus::Skipped),
             "pending" => Ok(DocStatus::Pending),
+            "quarantined" => Ok(DocStatus::Quarantined),
             other => Err(LedgerError::Corrupt(format!(
                 "unknown document status `{other}`"
             ))),
@@ -111,6 +116,8 @@ pub struct SourceSummary {
     pub skipped: i64,
     /// Documents whose write was interrupted; the next sync redoes them.
     pub pending: i64,
+    /// Rows the source's data-quality checks set aside.
+    pub quarantined: i64,
     pub chunks: i64,
 }
 
@@ -402,7 +409,8 @@ impl Ledger {
         limit: usize,
     ) -> Result<Vec<DocRecord>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT * FROM documents WHERE status = 'failed' AND ($1 IS NULL OR source_id = $2)
+            "SELECT * FROM documents WHERE status IN ('failed', 'quarantined')
+               AND ($1 IS NULL OR source_id = $2)
              ORDER BY source_id, doc_key LIMIT $3",
         )
         .bind(source_id)
@@ -421,6 +429,7 @@ impl Ledger {
                     SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
                     SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END) AS skipped,
                     SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,
+                    SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END) AS quarantined,
                     SUM(chunk_count) AS chunks
              FROM documents GROUP BY source_id ORDER BY source_id",
         )
@@ -435,8 +444,96 @@ impl Ledger {
                     failed: row.try_get::<Option<i64>, _>("failed")?.unwrap_or(0),
                     skipped: row.try_get::<Option<i64>, _>("skipped")?.unwrap_or(0),
                     pending: row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
+                    quarantined: row.try_get::<Option<i64>, _>("quarantined")?.unwrap_or(0),
                     chunks: row.try_get::<Option<i64>, _>("chunks")?.unwrap_or(0),
                 })
+            })
+            .collect()
+    }
+
+    /// The committed cursor of a source, unless some of its rows are not current (an
+    /// interrupted write, other pipeline settings, an invalidated row): then `None`, so
+    /// that the next scan reads every row again.
+    pub async fn cursor(
+        &self,
+        source_id: &str,
+        fingerprint: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        let stale: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM documents
+             WHERE source_id = $1 AND (status = 'pending' OR fingerprint <> $2 OR version_hint = '')",
+        )
+        .bind(source_id)
+        .bind(fingerprint)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        if stale > 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT cursor FROM source_state WHERE source_id = $1")
+            .bind(source_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get("cursor")?,
+            None => None,
+        })
+    }
+
+    /// Commits a source's cursor (after the scan's round completed), or clears it.
+    pub async fn set_cursor(
+        &self,
+        source_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO source_state (source_id, cursor) VALUES ($1, $2)
+             ON CONFLICT (source_id) DO UPDATE SET cursor = excluded.cursor",
+        )
+        .bind(source_id)
+        .bind(cursor)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the latest data-quality check report of a source.
+    pub async fn record_check(
+        &self,
+        source_id: &str,
+        report: &serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO source_state (source_id, check_report, checked_at) VALUES ($1, $2, $3)
+             ON CONFLICT (source_id) DO UPDATE SET check_report = excluded.check_report,
+                                                   checked_at = excluded.checked_at",
+        )
+        .bind(source_id)
+        .bind(report.to_string())
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The latest check report of every source that has one: (source, when, report).
+    pub async fn checks(&self) -> Result<Vec<(String, String, serde_json::Value)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT source_id, checked_at, check_report FROM source_state
+             WHERE check_report IS NOT NULL ORDER BY source_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let report: String = row.try_get("check_report")?;
+                Ok((
+                    row.try_get("source_id")?,
+                    row.try_get("checked_at")?,
+                    serde_json::from_str(&report)
+                        .map_err(|e| LedgerError::Corrupt(format!("check report: {e}")))?,
+                ))
             })
             .collect()
     }

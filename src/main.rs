@@ -630,14 +630,19 @@ fn print_report(report: &RunReport) {
     for s in &report.sources {
         println!("source {}", s.source_id);
         println!(
-            "  scanned {}  unchanged {}  added {}  updated {}  deleted {}  failed {}  skipped {}",
+            "  scanned {}  unchanged {}  added {}  updated {}  deleted {}  failed {}  skipped {}{}",
             s.scanned,
             s.unchanged + s.content_unchanged,
             s.added,
             s.updated,
             s.deleted,
             s.failed,
-            s.skipped
+            s.skipped,
+            if s.quarantined > 0 {
+                format!("  quarantined {}", s.quarantined)
+            } else {
+                String::new()
+            }
         );
         println!(
             "  embedded {} chunks (reused {})  upserted {} points  deleted {} points  ({:.1}s in the model)",
@@ -778,6 +783,7 @@ async fn status(
     let summaries = ledger.summaries().await?;
     let runs = ledger.recent_runs(run_limit.unwrap_or(1).max(1)).await?;
     let failures = ledger.failures(None, failure_limit).await?;
+    let checks = ledger.checks().await?;
     let info = read_index_info(&config.data_dir)?;
     // The store admits one process at a time; while a sync holds it, the point count is
     // reported as unavailable rather than waited for.
@@ -810,6 +816,10 @@ async fn status(
                 "last_run": runs.first(),
                 "runs": run_limit.map(|_| &runs),
                 "failures": failures,
+                "checks": checks
+                    .iter()
+                    .map(|(source_id, at, report)| serde_json::json!({"source_id": source_id, "checked_at": at, "report": report}))
+                    .collect::<Vec<_>>(),
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -837,6 +847,23 @@ async fn status(
                 "  {} documents were being written when a run stopped; the next sync redoes them",
                 s.pending
             );
+        }
+        if s.quarantined > 0 {
+            println!(
+                "  {} rows quarantined by data-quality checks (listed below)",
+                s.quarantined
+            );
+        }
+    }
+    for (source_id, at, report) in &checks {
+        println!(
+            "checks {source_id} at {at}: {} ({} violations in {} rows)",
+            report["outcome"].as_str().unwrap_or("?"),
+            report["violations"],
+            report["rows"]
+        );
+        for example in report["examples"].as_array().into_iter().flatten() {
+            println!("  {}", example.as_str().unwrap_or(""));
         }
     }
     if let Some(run) = runs.first() {
@@ -877,7 +904,7 @@ async fn status(
         }
     }
     if !failures.is_empty() {
-        println!("failed documents:");
+        println!("failed and quarantined documents:");
         for f in &failures {
             println!(
                 "  {} {}: {}",

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use freshet_connectors::{
-    content_hash, in_scope, Change, DocKey, FolderSource, FolderSourceOptions, RawDoc, ReadError,
-    Source, SourceContext, SqlSource, SqlSourceOptions, WatchControl, WatchSettings,
+    content_hash, in_scope, Change, CheckReport, Checks, DocKey, FolderSource, FolderSourceOptions,
+    OnViolation, RawDoc, ReadError, Source, SourceContext, SqlSource, SqlSourceOptions,
+    WatchControl, WatchSettings,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::chunk::{Chunk, Chunker};
-use crate::config::SourceConfig;
+use crate::config::{OnViolationConfig, SourceConfig};
 use crate::embed::Embedder;
 use crate::extract::{extract, ExtractError, MediaType};
 use crate::index::Index;
@@ -113,6 +114,8 @@ pub struct SourceStats {
     pub deleted: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Rows the source's data-quality checks set aside (recorded, not indexed).
+    pub quarantined: u64,
     /// Chunks run through the embedding model.
     pub chunks_embedded: u64,
     /// Chunks whose vector was reused from an identical chunk already in the index.
@@ -139,6 +142,7 @@ impl SourceStats {
         self.deleted += other.deleted;
         self.failed += other.failed;
         self.skipped += other.skipped;
+        self.quarantined += other.quarantined;
         self.chunks_embedded += other.chunks_embedded;
         self.chunks_reused += other.chunks_reused;
         self.embed_ms += other.embed_ms;
@@ -158,6 +162,7 @@ impl SourceStats {
             + self.deleted
             + self.failed
             + self.skipped
+            + self.quarantined
             + self.content_unchanged
             > 0
     }
@@ -248,6 +253,7 @@ enum Outcome {
     ContentUnchanged,
     Failed,
     Skipped,
+    Quarantined,
 }
 
 #[derive(Debug)]
@@ -292,6 +298,8 @@ struct Ctx {
     live: Arc<LiveCounters>,
     fault: Option<FaultHook>,
     cancel: CancellationToken,
+    /// The source's committed change-tracking cursor, shared with the source.
+    cursor: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Ctx {
@@ -392,7 +400,7 @@ impl Index {
             "interrupted"
         } else if first_error.is_some() {
             "failed"
-        } else if totals.failed > 0 {
+        } else if totals.failed + totals.quarantined > 0 {
             "completed_with_failures"
         } else {
             "completed"
@@ -478,12 +486,21 @@ impl Index {
             live: options.live.clone(),
             fault: options.fault.clone(),
             cancel: options.cancel.clone(),
+            cursor: Arc::new(std::sync::Mutex::new(
+                // Retrying failed documents means reading them again: no cursor.
+                if options.retry_failed || options.dry_run {
+                    None
+                } else {
+                    self.ledger.cursor(source.id(), &self.fingerprint()).await?
+                },
+            )),
         });
         let (change_tx, mut changes) = mpsc::channel(self.config.pipeline.channel_depth);
         let source_cx = SourceContext {
             changes: change_tx,
             cancel: options.cancel.child_token(),
             follow,
+            cursor: ctx.cursor.clone(),
         };
         let source_task = tokio::spawn(source.run(source_cx));
         let mut outcome = Ok(());
@@ -618,6 +635,23 @@ async fn run_round(
             Err(err) => return Err(err),
         }
     }
+    if !ctx.dry_run {
+        if let Some(report) = &gate.check {
+            let value = serde_json::to_value(report).expect("report serializes");
+            ctx.ledger.record_check(&ctx.source_id, &value).await?;
+        }
+        let moved = gate.cursor.is_some() || gate.cursor_invalid;
+        if gate.end == RoundEnd::Full && stats.error.is_none() && moved {
+            // Only now, with every row of the scan committed, may the cursor move on.
+            let cursor = gate.cursor.clone().filter(|_| !gate.cursor_invalid);
+            ctx.ledger
+                .set_cursor(&ctx.source_id, cursor.as_deref())
+                .await?;
+            if let Ok(mut shared) = ctx.cursor.lock() {
+                *shared = cursor;
+            }
+        }
+    }
     let (started, started_at) = gate.first_change.unwrap_or((started, started_at));
     Ok(Round {
         stats,
@@ -675,6 +709,26 @@ pub fn build_source(
                     key: sql.key.clone(),
                     text: sql.text.clone(),
                     metadata: sql.metadata.clone(),
+                    cursor_column: sql.cursor_column.clone(),
+                    cursor_overlap: Duration::from_secs(sql.cursor_overlap_s),
+                    soft_delete_column: sql.soft_delete_column.clone(),
+                    checks: Checks {
+                        on_violation: match sql.checks.on_violation {
+                            OnViolationConfig::Fail => OnViolation::Fail,
+                            OnViolationConfig::Quarantine => OnViolation::Quarantine,
+                        },
+                        columns: sql.checks.columns.clone(),
+                        not_null: sql.checks.not_null.clone(),
+                        unique_key: sql.checks.unique_key,
+                        allowed: sql.checks.allowed.clone(),
+                        ranges: sql
+                            .checks
+                            .ranges
+                            .iter()
+                            .map(|(c, [min, max])| (c.clone(), (*min, *max)))
+                            .collect(),
+                        max_empty_text_share: sql.checks.max_empty_text_share,
+                    },
                     poll_interval: Duration::from_secs(sql.poll_interval_s),
                 },
             )?)
@@ -708,6 +762,13 @@ struct GateOutcome {
     first_change: Option<(Instant, String)>,
     scanned: u64,
     unchanged: u64,
+    /// Where the scan got to (a table's change-tracking cursor).
+    cursor: Option<String>,
+    /// A row reported unchanged since the cursor is not current in the ledger: the
+    /// cursor is dropped so the next scan reads every row.
+    cursor_invalid: bool,
+    /// The scan's data-quality check report.
+    check: Option<CheckReport>,
 }
 
 fn key_hash(key: &str) -> u128 {
@@ -733,6 +794,9 @@ async fn gate_and_prepare(
         first_change: None,
         scanned: 0,
         unchanged: 0,
+        cursor: None,
+        cursor_invalid: false,
+        check: None,
     };
     let mut in_flight: JoinSet<Work> = JoinSet::new();
     let mut buffer = Vec::with_capacity(GATE_BATCH);
@@ -761,10 +825,20 @@ async fn gate_and_prepare(
             }
         }
         let mut upserts = Vec::new();
+        let mut unchanged = Vec::new();
+        let mut quarantined = Vec::new();
         let mut end = None;
         for change in buffer.drain(..) {
             match change {
                 Change::Upsert(doc) => upserts.push(doc),
+                Change::Unchanged(key) => unchanged.push(key),
+                Change::Quarantine {
+                    key,
+                    version,
+                    reason,
+                } => quarantined.push((key, version, reason)),
+                Change::Cursor(cursor) => outcome.cursor = Some(cursor),
+                Change::Checked(report) => outcome.check = Some(report),
                 Change::Delete(key) => outcome.deletes.push(key),
                 Change::ScanComplete => end = Some(RoundEnd::Full),
                 Change::ScopeComplete {
@@ -781,11 +855,57 @@ async fn gate_and_prepare(
             *reached_marker = true;
             outcome.end = end.clone();
         }
-        if !upserts.is_empty() {
-            let keys: Vec<&str> = upserts.iter().map(|d| d.key.as_str()).collect();
+        if !(upserts.is_empty() && unchanged.is_empty() && quarantined.is_empty()) {
+            let keys: Vec<&str> = upserts
+                .iter()
+                .map(|d| d.key.as_str())
+                .chain(unchanged.iter().map(String::as_str))
+                .chain(quarantined.iter().map(|(k, _, _)| k.as_str()))
+                .collect();
             let mut known = ctx.ledger.lookup(&ctx.source_id, &keys).await?;
-            outcome.scanned += upserts.len() as u64;
-            LiveCounters::add(&ctx.live.scanned, upserts.len() as u64);
+            let reported = (upserts.len() + unchanged.len() + quarantined.len()) as u64;
+            outcome.scanned += reported;
+            LiveCounters::add(&ctx.live.scanned, reported);
+            for key in unchanged {
+                outcome.seen.insert(key_hash(&key));
+                LiveCounters::add(&ctx.live.finished, 1);
+                match known.remove(&key) {
+                    Some(prior) if prior_is_current(&ctx, &prior) => outcome.unchanged += 1,
+                    // Not what the ledger holds: kept (never deleted for it), and read
+                    // in full by the next scan.
+                    _ => outcome.cursor_invalid = true,
+                }
+            }
+            for (key, version, reason) in quarantined {
+                outcome.seen.insert(key_hash(&key));
+                let prior = known.remove(&key);
+                if prior.as_ref().is_some_and(|p| {
+                    p.status == DocStatus::Quarantined
+                        && p.version_hint == version
+                        && p.fingerprint == ctx.fingerprint
+                }) {
+                    outcome.unchanged += 1;
+                    LiveCounters::add(&ctx.live.finished, 1);
+                    continue;
+                }
+                let (record, outcome, drop_ids) = Settled {
+                    status: DocStatus::Quarantined,
+                    reason: format!("quarantined: {reason}"),
+                    hash: None,
+                    media: None,
+                    decode_warning: None,
+                }
+                .settle(&ctx, &key, &version, prior.as_ref());
+                send(
+                    &work,
+                    Work::Record {
+                        record,
+                        outcome,
+                        drop_ids,
+                    },
+                )
+                .await?;
+            }
             for doc in upserts {
                 outcome.seen.insert(key_hash(&doc.key));
                 let prior = known.remove(&doc.key);
@@ -815,9 +935,17 @@ async fn gate_and_prepare(
 /// Whether the ledger row already describes this version under these settings, so the
 /// document need not even be read.
 fn is_current(ctx: &Ctx, prior: &DocRecord, doc: &RawDoc) -> bool {
+    // A quarantined row that now passes the checks must be indexed, whatever its version.
+    prior_is_current(ctx, prior)
+        && prior.status != DocStatus::Quarantined
+        && prior.version_hint == doc.version
+}
+
+/// Whether a ledger row is settled under the current settings (whatever its version).
+fn prior_is_current(ctx: &Ctx, prior: &DocRecord) -> bool {
     prior.status != DocStatus::Pending
         && !(ctx.retry_failed && prior.status == DocStatus::Failed)
-        && prior.version_hint == doc.version
+        && !prior.version_hint.is_empty()
         && prior.fingerprint == ctx.fingerprint
         && (prior.point_ids.is_empty() || prior.collection == ctx.collection)
 }
@@ -850,7 +978,7 @@ impl Settled {
         // fixed; one that is skipped (now empty, unsupported) has nothing to serve. Points
         // an interrupted write may have left are never vouched for: they go.
         let keep: Vec<PointId> = match (self.status, prior) {
-            (DocStatus::Failed, Some(p))
+            (DocStatus::Failed | DocStatus::Quarantined, Some(p))
                 if p.status != DocStatus::Pending && p.collection == ctx.collection =>
             {
                 p.point_ids.clone()
@@ -862,10 +990,10 @@ impl Settled {
             .into_iter()
             .filter(|id| !keep.contains(id))
             .collect();
-        let outcome = if self.status == DocStatus::Failed {
-            Outcome::Failed
-        } else {
-            Outcome::Skipped
+        let outcome = match self.status {
+            DocStatus::Failed => Outcome::Failed,
+            DocStatus::Quarantined => Outcome::Quarantined,
+            _ => Outcome::Skipped,
         };
         let record = DocRecord {
             source_id: ctx.source_id.clone(),
@@ -1322,6 +1450,15 @@ async fn commit_batches(
                 Outcome::Skipped => {
                     stats.skipped += 1;
                     "skip"
+                }
+                Outcome::Quarantined => {
+                    stats.quarantined += 1;
+                    failures.push(FailureNote {
+                        source_id: record.source_id.clone(),
+                        doc_key: record.doc_key.clone(),
+                        reason: record.reason.clone().unwrap_or_default(),
+                    });
+                    "quarantine"
                 }
                 Outcome::Failed => {
                     stats.failed += 1;

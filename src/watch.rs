@@ -181,7 +181,7 @@ impl Index {
 fn round_status(stats: &SourceStats) -> &'static str {
     if stats.error.is_some() {
         "failed"
-    } else if stats.failed > 0 {
+    } else if stats.failed + stats.quarantined > 0 {
         "completed_with_failures"
     } else {
         "completed"

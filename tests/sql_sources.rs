@@ -54,7 +54,11 @@ fn sql_config(ws: &Workspace, url_env: &str, table: &str) -> Config {
         key: vec!["id".into()],
         text: "{title}\n\n{body}".into(),
         metadata: vec!["tenant".into()],
+        cursor_column: None,
+        cursor_overlap_s: 300,
+        soft_delete_column: None,
         poll_interval_s: 30,
+        checks: Default::default(),
     })];
     config
 }
@@ -214,5 +218,307 @@ async fn an_unreachable_server_deletes_nothing() {
     assert_eq!(points(&index).await, before);
     assert!(index.verify().await.unwrap().is_clean());
 
+    exec(&pool, &format!("DROP TABLE {table}")).await;
+}
+
+/// Change tracking by an `updated_at` column, on a server that has real timestamps.
+async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32) -> String) {
+    let pool = connect(url).await;
+    let table = unique(&format!("freshet_cursor_{tag}"));
+    exec(
+        &pool,
+        &format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, title VARCHAR(200), body TEXT, tenant VARCHAR(50), updated_at {timestamp} NOT NULL, deleted_at {timestamp} NULL)"),
+    )
+    .await;
+    let now = ago(0);
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO {table} (id, title, body, tenant, updated_at) VALUES
+        (1, 'Refund policy', 'Unused items can be returned within 30 days.', 'acme', {now}),
+        (2, 'Sourdough', 'Feed the starter daily with flour and water.', 'acme', {now}),
+        (3, 'Bike chain', 'Lubricate the chain every few hundred kilometres.', 'globex', {now})"
+        ),
+    )
+    .await;
+    let url_env = unique(&format!("FRESHET_TEST_URL_CURSOR_{}", tag.to_uppercase()));
+    std::env::set_var(&url_env, url);
+    let ws = Workspace::empty();
+    let mut config = sql_config(&ws, &url_env, &table);
+    if let SourceConfig::Sql(sql) = &mut config.sources[0] {
+        sql.cursor_column = Some("updated_at".into());
+        sql.cursor_overlap_s = 60;
+        sql.soft_delete_column = Some("deleted_at".into());
+    }
+    let index = Index::open_for_sync(config, LockMode::FailIfBusy)
+        .await
+        .unwrap();
+    let sync = || async { index.sync(&SyncOptions::default()).await.unwrap() };
+
+    let first = sync().await;
+    assert_eq!(first.totals.added, 3, "{first:#?}");
+    assert!(index
+        .ledger
+        .cursor("rows", &index.fingerprint())
+        .await
+        .unwrap()
+        .is_some());
+
+    // Committed late with a timestamp older than the cursor, within the overlap window.
+    let late = ago(30);
+    exec(&pool, &format!("INSERT INTO {table} (id, title, body, tenant, updated_at) VALUES (4, 'Tea', 'Steep green tea for two minutes.', 'globex', {late})")).await;
+    let second = sync().await;
+    assert_eq!(second.totals.added, 1, "{:#?}", second.totals);
+    assert_eq!(second.totals.chunks_embedded, 1);
+
+    // Far older than the overlap: the cursor misses it, but its key is new, so the
+    // cursor is dropped and the next scan reads every row.
+    let ancient = ago(7200);
+    exec(&pool, &format!("INSERT INTO {table} (id, title, body, tenant, updated_at) VALUES (5, 'Kettle', 'Descale the kettle with vinegar.', 'globex', {ancient})")).await;
+    let third = sync().await;
+    assert_eq!(third.totals.added, 0, "{:#?}", third.totals);
+    assert_eq!(third.totals.deleted, 0, "an unseen row is never deleted");
+    let fourth = sync().await;
+    assert_eq!(fourth.totals.added, 1, "{:#?}", fourth.totals);
+
+    // An update, a hard delete and a soft delete.
+    let now = ago(0);
+    exec(&pool, &format!("UPDATE {table} SET body = 'Items can be returned within 60 days for a refund.', updated_at = {now} WHERE id = 1")).await;
+    exec(&pool, &format!("DELETE FROM {table} WHERE id = 2")).await;
+    exec(
+        &pool,
+        &format!("UPDATE {table} SET deleted_at = {now}, updated_at = {now} WHERE id = 3"),
+    )
+    .await;
+    let fifth = sync().await;
+    let t = &fifth.totals;
+    assert_eq!((t.added, t.updated, t.deleted), (0, 1, 2), "{t:#?}");
+    assert_eq!(t.chunks_embedded, 1, "{t:#?}");
+    let rows = by_row(&points(&index).await);
+    assert_eq!(
+        rows.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["1", "4", "5"]
+    );
+    assert!(str_field(&rows["1"], "text").contains("60 days"));
+
+    exec(&pool, &format!("DROP TABLE {table}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cursor_tracking() {
+    cursor_tracking(POSTGRES_URL, "pg", "TIMESTAMPTZ", &|s| {
+        format!("now() - interval '{s} seconds'")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_cursor_tracking() {
+    cursor_tracking(MARIADB_URL, "maria", "DATETIME(6)", &|s| {
+        format!("NOW(6) - INTERVAL {s} SECOND")
+    })
+    .await;
+}
+
+/// A table for the checks: no primary key, so duplicate keys can exist.
+async fn checks_table(pool: &AnyPool) -> String {
+    let table = unique("freshet_checks");
+    exec(
+        pool,
+        &format!("CREATE TABLE {table} (id INTEGER, title TEXT, body TEXT, tenant TEXT, status TEXT, price NUMERIC)"),
+    )
+    .await;
+    exec(pool, &format!("INSERT INTO {table} VALUES
+        (1, 'Refund policy', 'Unused items can be returned within 30 days.', 'acme', 'open', 10),
+        (2, 'Sourdough', 'Feed the starter daily with flour and water.', 'acme', 'closed', 20),
+        (3, 'Bike chain', 'Lubricate the chain every few hundred kilometres.', 'globex', 'open', 30),
+        (4, 'Tea', 'Steep green tea for two minutes.', 'globex', 'open', 40),
+        (5, 'Kettle', 'Descale the kettle with vinegar.', 'globex', 'closed', 50)")).await;
+    table
+}
+
+fn checks_config(
+    ws: &Workspace,
+    url_env: &str,
+    table: &str,
+    on_violation: freshet::config::OnViolationConfig,
+) -> Config {
+    let mut config = sql_config(ws, url_env, table);
+    if let SourceConfig::Sql(sql) = &mut config.sources[0] {
+        sql.checks.on_violation = on_violation;
+        sql.checks.columns = [
+            ("id".to_string(), "integer".to_string()),
+            ("price".to_string(), "number".to_string()),
+        ]
+        .into();
+        sql.checks.not_null = vec!["body".into()];
+        sql.checks.allowed = [(
+            "status".to_string(),
+            vec!["open".to_string(), "closed".to_string()],
+        )]
+        .into();
+        sql.checks.ranges = [("price".to_string(), [0.0, 100.0])].into();
+        sql.checks.max_empty_text_share = Some(0.2);
+    }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_check_in_fail_mode_stops_the_scan_naming_column_and_row() {
+    use freshet::config::OnViolationConfig;
+    let pool = connect(POSTGRES_URL).await;
+    let table = checks_table(&pool).await;
+    let url_env = unique("FRESHET_TEST_URL_CHECKS");
+    std::env::set_var(&url_env, POSTGRES_URL);
+    let ws = Workspace::empty();
+    let index = Index::open_for_sync(
+        checks_config(&ws, &url_env, &table, OnViolationConfig::Fail),
+        LockMode::FailIfBusy,
+    )
+    .await
+    .unwrap();
+    let good = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(good.status, "completed", "{good:#?}");
+    assert_eq!(good.totals.added, 5);
+    let indexed = points(&index).await;
+
+    // (violation, undo, what the message must name)
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "UPDATE {t} SET body = NULL WHERE id = 2",
+            "UPDATE {t} SET body = 'Feed the starter daily with flour and water.' WHERE id = 2",
+            &["not_null", "`body`", "row 2"],
+        ),
+        (
+            "INSERT INTO {t} VALUES (3, 'Copy', 'A second row with key 3.', 'acme', 'open', 1)",
+            "DELETE FROM {t} WHERE title = 'Copy'",
+            &["unique_key", "key 3"],
+        ),
+        (
+            "UPDATE {t} SET status = 'weird' WHERE id = 1",
+            "UPDATE {t} SET status = 'open' WHERE id = 1",
+            &["allowed", "`status`", "row 1"],
+        ),
+        (
+            "UPDATE {t} SET price = 500 WHERE id = 4",
+            "UPDATE {t} SET price = 40 WHERE id = 4",
+            &["range", "`price`", "row 4"],
+        ),
+        (
+            "UPDATE {t} SET title = '', body = '' WHERE id IN (3, 5)",
+            "UPDATE {t} SET title = 'Bike chain', body = 'Lubricate.' WHERE id IN (3, 5)",
+            &["max_empty_text_share", "2 of 5 rows"],
+        ),
+        (
+            "ALTER TABLE {t} ALTER COLUMN price TYPE TEXT",
+            "ALTER TABLE {t} ALTER COLUMN price TYPE NUMERIC USING price::numeric",
+            &["schema drift", "`price`", "expected number"],
+        ),
+    ];
+    for (break_it, undo, names) in cases {
+        exec(&pool, &break_it.replace("{t}", &table)).await;
+        let report = index.sync(&SyncOptions::default()).await.unwrap();
+        assert_eq!(report.status, "failed", "{break_it}: {report:#?}");
+        let error = report.error.clone().unwrap();
+        for name in *names {
+            assert!(
+                error.contains(name),
+                "{break_it}: {name:?} missing from: {error}"
+            );
+        }
+        assert_eq!(
+            (
+                report.totals.added,
+                report.totals.updated,
+                report.totals.deleted
+            ),
+            (0, 0, 0),
+            "{break_it}: nothing may be written: {report:#?}"
+        );
+        assert_eq!(
+            points(&index).await,
+            indexed,
+            "{break_it}: the index changed"
+        );
+        exec(&pool, &undo.replace("{t}", &table)).await;
+    }
+    let checks = index.ledger.checks().await.unwrap();
+    assert_eq!(checks[0].0, "rows");
+    exec(&pool, &format!("DROP TABLE {table}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_mode_sets_bad_rows_aside_and_indexes_the_rest() {
+    use freshet::config::OnViolationConfig;
+    let pool = connect(POSTGRES_URL).await;
+    let table = checks_table(&pool).await;
+    let url_env = unique("FRESHET_TEST_URL_QUARANTINE");
+    std::env::set_var(&url_env, POSTGRES_URL);
+    let ws = Workspace::empty();
+    let index = Index::open_for_sync(
+        checks_config(&ws, &url_env, &table, OnViolationConfig::Quarantine),
+        LockMode::FailIfBusy,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        index
+            .sync(&SyncOptions::default())
+            .await
+            .unwrap()
+            .totals
+            .added,
+        5
+    );
+
+    exec(
+        &pool,
+        &format!("UPDATE {table} SET body = NULL WHERE id = 2"),
+    )
+    .await;
+    exec(
+        &pool,
+        &format!("UPDATE {table} SET status = 'weird' WHERE id = 1"),
+    )
+    .await;
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO {table} VALUES (6, 'Lamp', 'Replace the bulb.', 'acme', 'open', 999)"
+        ),
+    )
+    .await;
+    exec(&pool, &format!("INSERT INTO {table} VALUES (7, 'Desk', 'Assemble the desk with the hex key.', 'acme', 'open', 70)")).await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "completed_with_failures", "{report:#?}");
+    assert_eq!(report.totals.quarantined, 3, "{:#?}", report.totals);
+    assert_eq!(report.totals.added, 1, "the good new row is indexed");
+    let reasons: BTreeMap<&str, &str> = report
+        .failures
+        .iter()
+        .map(|f| (f.doc_key.as_str(), f.reason.as_str()))
+        .collect();
+    assert!(reasons["2"].contains("`body`"), "{reasons:?}");
+    assert!(reasons["1"].contains("`status`"), "{reasons:?}");
+    assert!(reasons["6"].contains("`price`"), "{reasons:?}");
+    let rows = by_row(&points(&index).await);
+    // Quarantined rows keep serving their last good version; the new bad one is absent.
+    assert!(rows.contains_key("1") && rows.contains_key("2") && rows.contains_key("7"));
+    assert!(!rows.contains_key("6"));
+    let record = index.ledger.get("rows", "6").await.unwrap().unwrap();
+    assert_eq!(record.status, freshet::ledger::DocStatus::Quarantined);
+    let checks = index.ledger.checks().await.unwrap();
+    assert_eq!(checks[0].2["outcome"], "quarantined");
+    assert_eq!(checks[0].2["violations"], 3);
+
+    // Unchanged bad rows are not re-reported as changes; fixed ones are indexed again.
+    exec(
+        &pool,
+        &format!("UPDATE {table} SET price = 60 WHERE id = 6"),
+    )
+    .await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.totals.quarantined, 0, "{:#?}", report.totals);
+    assert_eq!(report.totals.added, 1, "{:#?}", report.totals);
     exec(&pool, &format!("DROP TABLE {table}")).await;
 }

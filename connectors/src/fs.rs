@@ -522,6 +522,7 @@ mod tests {
             changes: tx,
             cancel: Default::default(),
             follow: false,
+            cursor: Default::default(),
         };
         let scopes = ScopeFilter::new(["a".into(), "c.md".into(), "gone.md".into()]);
         source.walk(root, Some(Arc::new(scopes)), cx).await.unwrap();

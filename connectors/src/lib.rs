@@ -16,6 +16,7 @@ pub mod testing;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use fs::{content_hash, FolderSource, FolderSourceOptions, ReadError};
 pub use fs_watch::{WatchControl, WatchSettings};
-pub use sql::{SqlSource, SqlSourceOptions};
+pub use sql::{Checks, OnViolation, SqlSource, SqlSourceOptions};
 
 /// A document's identity inside one source, stable across runs (for folders: the path
 /// relative to the root, with `/` separators).
@@ -80,6 +81,33 @@ pub enum Change {
     ScanAborted {
         reason: String,
     },
+    /// The document exists and has not changed since the position in
+    /// [`SourceContext::cursor`] (a cursor-tracked table's untouched row): seen, not read.
+    Unchanged(DocKey),
+    /// The document exists but failed the source's data-quality checks: recorded with the
+    /// reason and not indexed (its last good version, if any, keeps being served).
+    Quarantine {
+        key: DocKey,
+        version: String,
+        reason: String,
+    },
+    /// How far this scan read; the consumer commits it once the scan's round completed,
+    /// and hands it back in [`SourceContext::cursor`] next time.
+    Cursor(String),
+    /// The outcome of the scan's data-quality checks, for `freshet status`.
+    Checked(CheckReport),
+}
+
+/// What a scan's data-quality checks found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckReport {
+    /// `passed`, `failed` (nothing from the scan was written) or `quarantined` (bad rows
+    /// set aside, the rest indexed).
+    pub outcome: String,
+    pub rows: u64,
+    pub violations: u64,
+    /// The first violations, each naming the rule, the column and the row key.
+    pub examples: Vec<String>,
 }
 
 impl Change {
@@ -110,12 +138,20 @@ pub struct SourceContext {
     /// `false` for a one-off sync: scan, send `ScanComplete`, return. `true` for watch
     /// mode: scan, then report changes (as partial scans) until cancelled.
     pub follow: bool,
+    /// The position the last completed scan reached (see [`Change::Cursor`]); `None`
+    /// means "scan everything". The consumer updates it after each completed round.
+    pub cursor: Arc<Mutex<Option<String>>>,
 }
 
 impl SourceContext {
     /// Sends one change; waits while the pipeline is busy (the channel is the only
     /// backpressure a source needs). Errors when the pipeline has gone away or the run was
     /// cancelled.
+    /// The committed cursor, if any.
+    pub fn committed_cursor(&self) -> Option<String> {
+        self.cursor.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
     pub async fn send(&self, change: Change) -> Result<(), SourceError> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(SourceError::Cancelled),

@@ -1,25 +1,32 @@
 //! The SQL source: a table or a SELECT over PostgreSQL, MySQL/MariaDB or SQLite becomes
 //! one document per row, its text rendered from a template over the row's columns and its
-//! key made of the key columns.
+//! key made of the key columns. Rows are checked (schema, nulls, uniqueness, allowed
+//! values, ranges, empty texts) before anything of a scan is sent.
 //!
-//! Invariant: a scan reports every row the query returns exactly once and ends in
-//! `ScanComplete` only after the last row was read; a connection or query failure ends
-//! the scan before that, so nothing is concluded about deletions. Values are read as the
-//! database itself renders them as text, so what is embedded does not depend on a
-//! driver's type mapping. The connection URL (a secret) is never logged or reported.
+//! Invariant: a scan reports every live row exactly once (as changed, unchanged since the
+//! cursor, or quarantined) and ends in `ScanComplete` only after the last one; a
+//! connection or query failure, schema drift or a failed check in `fail` mode ends it
+//! before that, so nothing is concluded about deletions. In `fail` mode no row of a scan
+//! that violates a check is sent at all. Values are read as the database itself renders
+//! them as text. The connection URL (a secret) is never logged or reported.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use tracing::{debug, warn};
 
-use crate::{content_hash, Change, DocContent, RawDoc, Source, SourceContext, SourceError};
+use crate::{
+    content_hash, Change, CheckReport, DocContent, RawDoc, Source, SourceContext, SourceError,
+};
 
-/// Which SQL dialect a URL speaks (identifier quoting and the text cast differ).
+/// Violations a check report lists one by one (all are counted).
+const MAX_EXAMPLES: usize = 20;
+
+/// Which SQL dialect a URL speaks (identifier quoting, casts and date arithmetic differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Postgres,
@@ -60,6 +67,66 @@ impl Dialect {
             Self::Postgres | Self::Sqlite => format!("CAST({expression} AS TEXT)"),
         }
     }
+
+    /// `column >= cursor - overlap`, for a timestamp column and a cursor the database
+    /// rendered as text itself.
+    fn since(self, column: &str, cursor: &str, overlap: Duration) -> String {
+        let literal = format!("'{}'", cursor.replace('\'', "''"));
+        let seconds = overlap.as_secs();
+        match self {
+            Self::Postgres => {
+                format!("{column} >= CAST({literal} AS timestamptz) - INTERVAL '{seconds} seconds'")
+            }
+            Self::MySql => {
+                format!("{column} >= DATE_SUB(CAST({literal} AS DATETIME(6)), INTERVAL {seconds} SECOND)")
+            }
+            Self::Sqlite => format!("{column} >= datetime({literal}, '-{seconds} seconds')"),
+        }
+    }
+}
+
+/// What a failed check does to the scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnViolation {
+    /// Nothing from the scan is written; the run reports the violations.
+    #[default]
+    Fail,
+    /// Bad rows are recorded with their reasons and not indexed; the rest is.
+    Quarantine,
+}
+
+/// Data-quality checks, run on every scan before anything is sent.
+#[derive(Debug, Clone)]
+pub struct Checks {
+    pub on_violation: OnViolation,
+    /// Columns that must exist, with the kind of type each must have: `integer`,
+    /// `number`, `text`, `timestamp`, `boolean` or `any`. A mismatch is schema drift and
+    /// always fails the scan.
+    pub columns: BTreeMap<String, String>,
+    /// Columns that must not be NULL (key columns never may).
+    pub not_null: Vec<String>,
+    /// Key values must be unique.
+    pub unique_key: bool,
+    /// Columns whose values must be one of these.
+    pub allowed: BTreeMap<String, Vec<String>>,
+    /// Columns whose numeric values must lie in `[min, max]`.
+    pub ranges: BTreeMap<String, (f64, f64)>,
+    /// Largest share of rows whose rendered text is empty.
+    pub max_empty_text_share: Option<f64>,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            on_violation: OnViolation::Fail,
+            columns: BTreeMap::new(),
+            not_null: Vec::new(),
+            unique_key: true,
+            allowed: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+            max_empty_text_share: None,
+        }
+    }
 }
 
 /// What rows to read and how a row becomes a document.
@@ -79,6 +146,16 @@ pub struct SqlSourceOptions {
     pub text: String,
     /// Columns copied into every point's payload, for filtering (tenant, group, status).
     pub metadata: Vec<String>,
+    /// A timestamp column bumped on every change (`updated_at`): only rows changed since
+    /// the committed cursor, minus `cursor_overlap`, are read in full. `None`: every scan
+    /// reads every row and compares content hashes.
+    pub cursor_column: Option<String>,
+    /// How far before the cursor each scan starts again, so rows committed out of order
+    /// (an older timestamp committed after the cursor moved on) are not missed.
+    pub cursor_overlap: Duration,
+    /// A column marking deleted rows: a row is live when it is NULL, empty, 0 or false.
+    pub soft_delete_column: Option<String>,
+    pub checks: Checks,
     /// How often a following source scans again.
     pub poll_interval: Duration,
 }
@@ -101,6 +178,9 @@ impl std::fmt::Debug for SqlSource {
     }
 }
 
+/// One row as text, by column position in [`SqlSource::columns`].
+type Values = Vec<Option<String>>;
+
 impl SqlSource {
     pub fn new(id: impl Into<String>, options: SqlSourceOptions) -> Result<Self, SourceError> {
         let id = id.into();
@@ -121,6 +201,13 @@ impl SqlSource {
         if options.key.is_empty() {
             return Err(config("`key` names no column".into()));
         }
+        for (column, kind) in &options.checks.columns {
+            if TypeKind::parse(kind).is_none() {
+                return Err(config(format!(
+                    "checks.columns.{column} = {kind:?}: use integer, number, text, timestamp, boolean or any"
+                )));
+            }
+        }
         let template = Template::parse(&options.text).map_err(config)?;
         Ok(Self {
             id,
@@ -130,21 +217,57 @@ impl SqlSource {
         })
     }
 
-    /// Every column a scan reads: key, template and metadata columns, each once.
+    /// Every column a scan reads, each once: key, template, metadata, checked, cursor.
     fn columns(&self) -> Vec<String> {
+        let o = &self.options;
         let mut seen = BTreeSet::new();
-        self.options
-            .key
+        o.key
             .iter()
             .chain(self.template.columns())
-            .chain(&self.options.metadata)
+            .chain(&o.metadata)
+            .chain(&o.checks.not_null)
+            .chain(o.checks.allowed.keys())
+            .chain(o.checks.ranges.keys())
+            .chain(&o.cursor_column)
             .filter(|c| seen.insert(c.as_str()))
             .cloned()
             .collect()
     }
 
-    /// The scan's SELECT: every needed column as text, from the table or the query.
-    fn select(&self) -> String {
+    fn from(&self) -> String {
+        match (&self.options.table, &self.options.query) {
+            (Some(table), _) => self.dialect.quote_table(table),
+            (None, Some(query)) => format!("({})", query.trim().trim_end_matches(';')),
+            (None, None) => unreachable!("checked in new()"),
+        }
+    }
+
+    /// `WHERE` conditions: live rows only, and (with a cursor) rows changed since it.
+    fn conditions(&self, cursor: Option<&str>) -> String {
+        let d = self.dialect;
+        let mut conditions = Vec::new();
+        if let Some(column) = &self.options.soft_delete_column {
+            conditions.push(format!(
+                "COALESCE(LOWER({}), '') IN ('', '0', 'f', 'false')",
+                d.as_text(&format!("q.{}", d.quote(column)))
+            ));
+        }
+        if let (Some(column), Some(cursor)) = (&self.options.cursor_column, cursor) {
+            conditions.push(d.since(
+                &format!("q.{}", d.quote(column)),
+                cursor,
+                self.options.cursor_overlap,
+            ));
+        }
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        }
+    }
+
+    /// The scan's SELECT: every needed column as text.
+    fn select(&self, cursor: Option<&str>) -> String {
         let d = self.dialect;
         let columns: Vec<String> = self
             .columns()
@@ -157,12 +280,54 @@ impl SqlSource {
                 )
             })
             .collect();
-        let from = match (&self.options.table, &self.options.query) {
-            (Some(table), _) => d.quote_table(table),
-            (None, Some(query)) => format!("({})", query.trim().trim_end_matches(';')),
-            (None, None) => unreachable!("checked in new()"),
-        };
-        format!("SELECT {} FROM {from} AS q", columns.join(", "))
+        format!(
+            "SELECT {} FROM {} AS q{}",
+            columns.join(", "),
+            self.from(),
+            self.conditions(cursor)
+        )
+    }
+
+    /// Every live key (cursor mode: to tell unchanged rows from deleted ones).
+    fn select_keys(&self) -> String {
+        let d = self.dialect;
+        let columns: Vec<String> = self
+            .options
+            .key
+            .iter()
+            .map(|c| d.as_text(&format!("q.{}", d.quote(c))))
+            .collect();
+        format!(
+            "SELECT {} FROM {} AS q{}",
+            columns.join(", "),
+            self.from(),
+            self.conditions(None)
+        )
+    }
+
+    /// Ties a stored cursor to what it was computed over: another query or cursor column
+    /// makes it meaningless.
+    fn cursor_scope(&self) -> String {
+        content_hash(
+            format!(
+                "{}\u{1f}{:?}\u{1f}{:?}",
+                self.from(),
+                self.options.cursor_column,
+                self.options.soft_delete_column
+            )
+            .as_bytes(),
+        )[..16]
+            .to_string()
+    }
+
+    fn scan_failed(&self, what: &str, err: impl std::fmt::Display) -> SourceError {
+        SourceError::ScanFailed {
+            source_id: self.id.clone(),
+            reason: format!(
+                "{what}: {} (nothing was written or deleted for this scan)",
+                redact(&err.to_string(), &self.options.url)
+            ),
+        }
     }
 
     async fn connect(&self) -> Result<AnyPool, SourceError> {
@@ -172,91 +337,499 @@ impl SqlSource {
             .acquire_timeout(Duration::from_secs(10))
             .connect(&self.options.url)
             .await
-            .map_err(|err| SourceError::ScanFailed {
-                source_id: self.id.clone(),
-                reason: format!(
-                    "cannot connect to the database (URL from {}): {}",
-                    self.options.url_origin,
-                    redact(&err.to_string(), &self.options.url)
-                ),
+            .map_err(|err| {
+                self.scan_failed(
+                    &format!(
+                        "cannot connect to the database (URL from {})",
+                        self.options.url_origin
+                    ),
+                    err,
+                )
             })
     }
 
-    /// One full scan: every row, then `ScanComplete`.
-    async fn scan(&self, pool: &AnyPool, cx: &SourceContext) -> Result<u64, SourceError> {
-        let sql = self.select();
-        debug!(source = %self.id, sql = %sql, "scanning");
-        let columns = self.columns();
-        let failed = |err: sqlx::Error| SourceError::ScanFailed {
-            source_id: self.id.clone(),
-            reason: format!(
-                "the query failed: {} (nothing was deleted from the index)",
-                redact(&err.to_string(), &self.options.url)
-            ),
-        };
-        let mut rows = sqlx::query(&sql).fetch(pool);
-        let mut count = 0;
-        let mut keys = BTreeSet::new();
-        while let Some(row) = rows.try_next().await.map_err(failed)? {
-            let mut values = Vec::with_capacity(columns.len());
-            for i in 0..columns.len() {
-                values.push(text_value(&row, i));
-            }
-            let value = |column: &str| -> Option<&str> {
-                columns
-                    .iter()
-                    .position(|c| c == column)
-                    .and_then(|i| values[i].as_deref())
-            };
-            let key_values: Vec<Option<&str>> = self.options.key.iter().map(|k| value(k)).collect();
-            if key_values.iter().any(Option::is_none) {
-                warn!(source = %self.id, "a row has a NULL key column; skipped");
-                continue;
-            }
-            let key = doc_key(key_values.iter().map(|v| v.unwrap_or_default()));
-            if !keys.insert(key.clone()) {
-                warn!(source = %self.id, key = %key, "two rows share a key; the first is kept");
-                continue;
-            }
-            let text = self.template.render(&value);
-            let mut metadata = serde_json::Map::new();
-            if let Some(table) = &self.options.table {
-                metadata.insert("table".into(), table.clone().into());
-            }
-            let row_key: serde_json::Map<String, serde_json::Value> = self
-                .options
-                .key
-                .iter()
-                .map(|k| (k.clone(), value(k).unwrap_or_default().into()))
-                .collect();
-            metadata.insert("row_key".into(), row_key.into());
-            for column in &self.options.metadata {
-                metadata.insert(
-                    column.clone(),
-                    value(column).map_or(serde_json::Value::Null, Into::into),
-                );
-            }
-            // The version is what the document is made of: its text and its payload.
-            let version = content_hash(
-                format!(
-                    "{text}\u{1f}{}",
-                    serde_json::Value::Object(metadata.clone())
-                )
-                .as_bytes(),
-            );
-            let doc = RawDoc {
-                key,
-                version,
-                size: Some(text.len() as u64),
-                content: DocContent::Inline(text.into_bytes()),
-                media: Some("text".into()),
-                metadata,
-            };
-            cx.send(Change::Upsert(doc)).await?;
-            count += 1;
+    /// Schema drift: every column the checks name exists with the expected kind of type.
+    async fn check_schema(&self) -> Result<(), SourceError> {
+        if self.options.checks.columns.is_empty() {
+            return Ok(());
         }
-        Ok(count)
+        let sql = format!("SELECT * FROM {} AS q", self.from());
+        let url = &self.options.url;
+        let describe_failed = |err: sqlx::Error| self.scan_failed("cannot read the columns", err);
+        let found: HashMap<String, String> = match self.dialect {
+            Dialect::Postgres => {
+                let mut c = sqlx::PgConnection::connect(url)
+                    .await
+                    .map_err(describe_failed)?;
+                let d = (&mut c).describe(&sql).await.map_err(describe_failed)?;
+                column_types(d.columns())
+            }
+            Dialect::MySql => {
+                let mut c = sqlx::MySqlConnection::connect(url)
+                    .await
+                    .map_err(describe_failed)?;
+                let d = (&mut c).describe(&sql).await.map_err(describe_failed)?;
+                column_types(d.columns())
+            }
+            Dialect::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(url)
+                    .await
+                    .map_err(describe_failed)?;
+                let d = (&mut c).describe(&sql).await.map_err(describe_failed)?;
+                column_types(d.columns())
+            }
+        };
+        let mut problems = Vec::new();
+        for (column, expected) in &self.options.checks.columns {
+            let kind = TypeKind::parse(expected).expect("validated in new()");
+            match found.get(&column.to_ascii_lowercase()) {
+                None => problems.push(format!("column `{column}` is missing")),
+                Some(actual) if !kind.admits(actual) => problems.push(format!(
+                    "column `{column}` is {actual}, expected {expected}"
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SourceError::ScanFailed {
+                source_id: self.id.clone(),
+                reason: format!(
+                    "schema drift: {}; fix the table or the config (nothing was written or deleted)",
+                    problems.join("; ")
+                ),
+            })
+        }
     }
+
+    /// One full scan. With a cursor, rows changed since it are read in full and every
+    /// other live key is reported unchanged; without one, every row is read.
+    async fn scan(&self, pool: &AnyPool, cx: &SourceContext) -> Result<(), SourceError> {
+        self.check_schema().await?;
+        let scope = self.cursor_scope();
+        let cursor = match (&self.options.cursor_column, cx.committed_cursor()) {
+            (Some(_), Some(stored)) => stored
+                .split_once('|')
+                .filter(|(s, _)| *s == scope)
+                .map(|(_, value)| value.to_string()),
+            _ => None,
+        };
+        // The new cursor is read before the rows: a row changed during the scan gets a
+        // later timestamp and is read by the next scan.
+        let next_cursor = match &self.options.cursor_column {
+            Some(column) => {
+                let d = self.dialect;
+                let sql = format!(
+                    "SELECT {} FROM {} AS q{}",
+                    d.as_text(&format!("MAX(q.{})", d.quote(column))),
+                    self.from(),
+                    self.conditions(None)
+                );
+                let row = sqlx::query(&sql)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| self.scan_failed("the query failed", e))?;
+                text_value(&row, 0)
+            }
+            None => None,
+        };
+
+        let mut checker = Checker::new(self);
+        let all_keys = if cursor.is_some() {
+            Some(self.live_keys(pool, &mut checker).await?)
+        } else {
+            None
+        };
+        let sql = self.select(cursor.as_deref());
+        debug!(source = %self.id, sql = %sql, "scanning");
+        if self.options.checks.on_violation == OnViolation::Fail && checker.has_row_rules() {
+            // A dry pass first: in `fail` mode not one row of a bad scan is sent.
+            let mut rows = sqlx::query(&sql).fetch(pool);
+            while let Some(row) = rows
+                .try_next()
+                .await
+                .map_err(|e| self.scan_failed("the query failed", e))?
+            {
+                let values = self.values(&row);
+                let empty = self.template.render(&|c| self.value(&values, c)).is_empty();
+                checker.check_row(self, &values, empty, all_keys.is_none());
+            }
+            checker.finish_share();
+            if checker.violations > 0 {
+                let report = checker.report("failed");
+                let first = report.examples.first().cloned().unwrap_or_default();
+                cx.send(Change::Checked(report.clone())).await?;
+                return Err(SourceError::ScanFailed {
+                    source_id: self.id.clone(),
+                    reason: format!(
+                        "data-quality checks failed: {} violation(s) in {} rows (first: {first}); nothing from this scan was written or deleted (see `freshet status`)",
+                        report.violations, report.rows
+                    ),
+                });
+            }
+            checker = Checker::new(self);
+            if let Some(keys) = &all_keys {
+                checker.rows = keys.len() as u64;
+            }
+        }
+
+        let mut sent = HashSet::new();
+        let mut held_empty = Vec::new();
+        let mut rows = sqlx::query(&sql).fetch(pool);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| self.scan_failed("the query failed", e))?
+        {
+            let values = self.values(&row);
+            let text = self.template.render(&|c| self.value(&values, c));
+            let problems = checker.check_row(self, &values, text.is_empty(), all_keys.is_none());
+            let Some(key) = self.key_of(&values) else {
+                continue;
+            };
+            if !sent.insert(key.clone()) {
+                continue;
+            }
+            let doc = self.document(key, text, &values);
+            if !problems.is_empty() {
+                if self.options.checks.on_violation == OnViolation::Fail {
+                    // Changed since the dry pass: stop before anything is concluded.
+                    return Err(SourceError::ScanFailed {
+                        source_id: self.id.clone(),
+                        reason: format!(
+                            "data-quality checks failed while reading: {}",
+                            problems.join("; ")
+                        ),
+                    });
+                }
+                cx.send(Change::Quarantine {
+                    key: doc.key,
+                    version: doc.version,
+                    reason: problems.join("; "),
+                })
+                .await?;
+            } else if checker.limits_empty_share() && doc.size == Some(0) {
+                // Whether empty texts are too many is known only at the end.
+                held_empty.push(doc);
+            } else {
+                cx.send(Change::Upsert(doc)).await?;
+            }
+        }
+        drop(rows);
+        let too_many_empty = checker.finish_share();
+        for doc in held_empty {
+            if too_many_empty {
+                cx.send(Change::Quarantine {
+                    key: doc.key,
+                    version: doc.version,
+                    reason: "empty text (the share of empty texts is over max_empty_text_share)"
+                        .into(),
+                })
+                .await?;
+            } else {
+                cx.send(Change::Upsert(doc)).await?;
+            }
+        }
+        if let Some(keys) = all_keys {
+            for key in keys {
+                if !sent.contains(&key) {
+                    cx.send(Change::Unchanged(key)).await?;
+                }
+            }
+        }
+        let outcome = if checker.violations > 0 {
+            "quarantined"
+        } else {
+            "passed"
+        };
+        cx.send(Change::Checked(checker.report(outcome))).await?;
+        if let Some(next) = next_cursor {
+            cx.send(Change::Cursor(format!("{scope}|{next}"))).await?;
+        }
+        Ok(())
+    }
+
+    /// Every live key, checking uniqueness and non-null keys over the whole table.
+    async fn live_keys(
+        &self,
+        pool: &AnyPool,
+        checker: &mut Checker,
+    ) -> Result<BTreeSet<String>, SourceError> {
+        let mut keys = BTreeSet::new();
+        let sql = self.select_keys();
+        let mut rows = sqlx::query(&sql).fetch(pool);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| self.scan_failed("the query failed", e))?
+        {
+            let values: Vec<Option<String>> = (0..self.options.key.len())
+                .map(|i| text_value(&row, i))
+                .collect();
+            checker.rows += 1;
+            if values.iter().any(Option::is_none) {
+                checker.violation(format!(
+                    "not_null: a key column ({}) is NULL",
+                    self.options.key.join(", ")
+                ));
+                continue;
+            }
+            let key = doc_key(values.iter().map(|v| v.as_deref().unwrap_or_default()));
+            if !keys.insert(key.clone()) && self.options.checks.unique_key {
+                checker.violation(format!("unique_key: key {key} appears more than once"));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn values(&self, row: &sqlx::any::AnyRow) -> Values {
+        (0..self.columns().len())
+            .map(|i| text_value(row, i))
+            .collect()
+    }
+
+    fn value<'v>(&self, values: &'v Values, column: &str) -> Option<&'v str> {
+        self.columns()
+            .iter()
+            .position(|c| c == column)
+            .and_then(|i| values[i].as_deref())
+    }
+
+    fn key_of(&self, values: &Values) -> Option<String> {
+        let parts: Option<Vec<&str>> = self
+            .options
+            .key
+            .iter()
+            .map(|k| self.value(values, k))
+            .collect();
+        parts.map(|parts| doc_key(parts.into_iter()))
+    }
+
+    fn document(&self, key: String, text: String, values: &Values) -> RawDoc {
+        let mut metadata = serde_json::Map::new();
+        if let Some(table) = &self.options.table {
+            metadata.insert("table".into(), table.clone().into());
+        }
+        let row_key: serde_json::Map<String, serde_json::Value> = self
+            .options
+            .key
+            .iter()
+            .map(|k| (k.clone(), self.value(values, k).unwrap_or_default().into()))
+            .collect();
+        metadata.insert("row_key".into(), row_key.into());
+        for column in &self.options.metadata {
+            metadata.insert(
+                column.clone(),
+                self.value(values, column)
+                    .map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+        // The version covers every value read, checked columns included: a change to any
+        // of them may change the document or the outcome of its checks.
+        let mut all = text.clone();
+        for value in values {
+            all.push('\u{1f}');
+            all.push_str(value.as_deref().unwrap_or("\u{0}"));
+        }
+        let version = content_hash(all.as_bytes());
+        RawDoc {
+            key,
+            version,
+            size: Some(text.len() as u64),
+            content: DocContent::Inline(text.into_bytes()),
+            media: Some("text".into()),
+            metadata,
+        }
+    }
+}
+
+/// Row rules applied during a scan, and what they found.
+struct Checker {
+    rows: u64,
+    empty: u64,
+    violations: u64,
+    examples: Vec<String>,
+    keys: HashSet<String>,
+    max_empty_share: Option<f64>,
+    rules: bool,
+}
+
+impl Checker {
+    fn new(source: &SqlSource) -> Self {
+        let c = &source.options.checks;
+        Self {
+            rows: 0,
+            empty: 0,
+            violations: 0,
+            examples: Vec::new(),
+            keys: HashSet::new(),
+            max_empty_share: c.max_empty_text_share,
+            rules: !c.not_null.is_empty()
+                || !c.allowed.is_empty()
+                || !c.ranges.is_empty()
+                || c.max_empty_text_share.is_some()
+                || c.unique_key,
+        }
+    }
+
+    fn has_row_rules(&self) -> bool {
+        self.rules
+    }
+
+    fn limits_empty_share(&self) -> bool {
+        self.max_empty_share.is_some()
+    }
+
+    fn violation(&mut self, what: String) {
+        self.violations += 1;
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(what);
+        }
+    }
+
+    /// Checks one row; returns its problems (each also counted). `count_row` is false
+    /// when the key pass already counted the rows and checked key uniqueness.
+    fn check_row(
+        &mut self,
+        source: &SqlSource,
+        values: &Values,
+        empty_text: bool,
+        whole_table: bool,
+    ) -> Vec<String> {
+        let c = &source.options.checks;
+        let key = source
+            .key_of(values)
+            .unwrap_or_else(|| "<NULL key>".to_string());
+        let mut problems = Vec::new();
+        if whole_table {
+            self.rows += 1;
+        }
+        if empty_text {
+            self.empty += 1;
+        }
+        for column in source.options.key.iter().chain(&c.not_null) {
+            if source.value(values, column).is_none() {
+                problems.push(format!("not_null: column `{column}` is NULL in row {key}"));
+            }
+        }
+        if whole_table && c.unique_key && !self.keys.insert(key.clone()) {
+            problems.push(format!("unique_key: key {key} appears more than once"));
+        }
+        for (column, allowed) in &c.allowed {
+            if let Some(value) = source.value(values, column) {
+                if !allowed.iter().any(|a| a == value) {
+                    problems.push(format!(
+                        "allowed: column `{column}` is {value:?} in row {key}, not one of {allowed:?}"
+                    ));
+                }
+            }
+        }
+        for (column, (min, max)) in &c.ranges {
+            if let Some(value) = source.value(values, column) {
+                match value.trim().parse::<f64>() {
+                    Ok(n) if n >= *min && n <= *max => {}
+                    Ok(n) => problems.push(format!(
+                        "range: column `{column}` is {n} in row {key}, outside [{min}, {max}]"
+                    )),
+                    Err(_) => problems.push(format!(
+                        "range: column `{column}` is {value:?} in row {key}, not a number"
+                    )),
+                }
+            }
+        }
+        for problem in &problems {
+            self.violation(problem.clone());
+        }
+        problems
+    }
+
+    /// Applies the empty-text share rule once every row was seen; true when exceeded.
+    fn finish_share(&mut self) -> bool {
+        let Some(max) = self.max_empty_share else {
+            return false;
+        };
+        let share = self.empty as f64 / self.rows.max(1) as f64;
+        if self.empty > 0 && share > max {
+            self.violation(format!(
+                "max_empty_text_share: {} of {} rows ({:.0}%) render an empty text, over {:.0}%",
+                self.empty,
+                self.rows,
+                share * 100.0,
+                max * 100.0
+            ));
+            true
+        } else {
+            false
+        }
+    }
+
+    fn report(&self, outcome: &str) -> CheckReport {
+        CheckReport {
+            outcome: outcome.to_string(),
+            rows: self.rows,
+            violations: self.violations,
+            examples: self.examples.clone(),
+        }
+    }
+}
+
+/// A kind of column type a check can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TypeKind {
+    Integer,
+    Number,
+    Text,
+    Timestamp,
+    Boolean,
+    Any,
+}
+
+impl TypeKind {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "integer" => Self::Integer,
+            "number" => Self::Number,
+            "text" => Self::Text,
+            "timestamp" => Self::Timestamp,
+            "boolean" => Self::Boolean,
+            "any" => Self::Any,
+            _ => return None,
+        })
+    }
+
+    /// Whether a database's type name is of this kind.
+    fn admits(self, type_name: &str) -> bool {
+        let t = type_name.to_ascii_uppercase();
+        let integer = t.contains("INT") && !t.contains("INTERVAL") && !t.contains("POINT");
+        let number = integer
+            || ["NUMERIC", "DECIMAL", "REAL", "FLOAT", "DOUBLE", "MONEY"]
+                .iter()
+                .any(|n| t.contains(n));
+        match self {
+            Self::Integer => integer,
+            Self::Number => number,
+            Self::Text => ["CHAR", "TEXT", "NAME", "CLOB", "STRING", "CITEXT"]
+                .iter()
+                .any(|n| t.contains(n)),
+            Self::Timestamp => t.contains("TIME") || t.contains("DATE"),
+            Self::Boolean => t.contains("BOOL") || t == "TINYINT(1)",
+            Self::Any => true,
+        }
+    }
+}
+
+fn column_types<C: sqlx::Column>(columns: &[C]) -> HashMap<String, String> {
+    use sqlx::TypeInfo;
+    columns
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_ascii_lowercase(),
+                c.type_info().name().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -266,15 +839,6 @@ impl Source for SqlSource {
     }
 
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
-        if !cx.follow {
-            let pool = self.connect().await?;
-            let scanned = self.scan(&pool, &cx).await;
-            pool.close().await;
-            scanned?;
-            return cx.send(Change::ScanComplete).await;
-        }
-        // Following: scan on an interval. Each scan is complete, so rows deleted in
-        // between are found by the sweep, and a failed scan deletes nothing.
         loop {
             let outcome = match self.connect().await {
                 Ok(pool) => {
@@ -284,8 +848,14 @@ impl Source for SqlSource {
                 }
                 Err(err) => Err(err),
             };
+            if !cx.follow {
+                outcome?;
+                return cx.send(Change::ScanComplete).await;
+            }
+            // Following: scan on an interval. Each scan is complete, so rows deleted in
+            // between are found by the sweep, and a failed scan deletes nothing.
             match outcome {
-                Ok(_) => cx.send(Change::ScanComplete).await?,
+                Ok(()) => cx.send(Change::ScanComplete).await?,
                 Err(SourceError::Cancelled) => return Ok(()),
                 Err(err) => {
                     warn!(source = %self.id, error = %err, "scan failed; retrying at the next poll");
@@ -465,11 +1035,15 @@ mod tests {
             key: vec!["id".into()],
             text: "{name}: {description}".into(),
             metadata: vec!["tenant".into(), "name".into()],
+            cursor_column: None,
+            cursor_overlap: Duration::from_secs(60),
+            soft_delete_column: None,
+            checks: Checks::default(),
             poll_interval: Duration::from_secs(30),
         };
         let mysql = SqlSource::new("p", options.clone()).unwrap();
         assert_eq!(
-            mysql.select(),
+            mysql.select(None),
             "SELECT CAST(q.`id` AS CHAR) AS `id`, CAST(q.`name` AS CHAR) AS `name`, CAST(q.`description` AS CHAR) AS `description`, CAST(q.`tenant` AS CHAR) AS `tenant` FROM `shop`.`product` AS q"
         );
         let pg = SqlSource::new(
@@ -483,7 +1057,7 @@ mod tests {
         )
         .unwrap();
         assert!(pg
-            .select()
+            .select(None)
             .ends_with("FROM (SELECT * FROM a JOIN b USING (id)) AS q"));
         assert_eq!(
             redact(

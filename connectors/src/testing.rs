@@ -17,6 +17,7 @@ pub async fn scan(source: Box<dyn Source>) -> Result<BTreeMap<String, String>, S
         changes: tx,
         cancel: CancellationToken::new(),
         follow: false,
+        cursor: Default::default(),
     };
     let run = tokio::spawn(source.run(cx));
     let mut docs = BTreeMap::new();
