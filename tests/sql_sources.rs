@@ -522,3 +522,80 @@ async fn quarantine_mode_sets_bad_rows_aside_and_indexes_the_rest() {
     assert_eq!(report.totals.added, 1, "{:#?}", report.totals);
     exec(&pool, &format!("DROP TABLE {table}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_mid_scan_deletes_nothing_and_the_next_scan_finishes_the_job() {
+    let pool = connect(POSTGRES_URL).await;
+    let table = unique("freshet_midscan");
+    exec(
+        &pool,
+        &format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, title TEXT, body TEXT, tenant TEXT, poison INTEGER NOT NULL DEFAULT 1)"),
+    )
+    .await;
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO {table} (id, title, body, tenant) VALUES
+        (1, 'Refund policy', 'Unused items can be returned within 30 days.', 'acme'),
+        (2, 'Sourdough', 'Feed the starter daily with flour and water.', 'acme'),
+        (3, 'Bike chain', 'Lubricate the chain every few hundred kilometres.', 'globex'),
+        (4, 'Tea', 'Steep green tea for two minutes.', 'globex')"
+        ),
+    )
+    .await;
+    let url_env = unique("FRESHET_TEST_URL_MIDSCAN");
+    std::env::set_var(&url_env, POSTGRES_URL);
+    let ws = Workspace::empty();
+    let mut config = sql_config(&ws, &url_env, &table);
+    if let SourceConfig::Sql(sql) = &mut config.sources[0] {
+        // The division makes the server fail on the poisoned row, after earlier rows
+        // were already streamed: a scan that dies half-way.
+        sql.table = None;
+        sql.query = Some(format!(
+            "SELECT id, title, body, tenant FROM {table} WHERE 100 / poison > 0 ORDER BY id"
+        ));
+    }
+    let index = Index::open_for_sync(config, LockMode::FailIfBusy)
+        .await
+        .unwrap();
+    assert_eq!(
+        index
+            .sync(&SyncOptions::default())
+            .await
+            .unwrap()
+            .totals
+            .added,
+        4
+    );
+
+    exec(&pool, &format!("DELETE FROM {table} WHERE id = 4")).await;
+    exec(
+        &pool,
+        &format!("UPDATE {table} SET poison = 0 WHERE id = 3"),
+    )
+    .await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "failed", "{report:#?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("division by zero"),
+        "{report:#?}"
+    );
+    assert_eq!(report.totals.deleted, 0, "a half scan deletes nothing");
+    assert!(by_row(&points(&index).await).contains_key("4"));
+    assert!(index.verify().await.unwrap().is_clean());
+
+    exec(
+        &pool,
+        &format!("UPDATE {table} SET poison = 1 WHERE id = 3"),
+    )
+    .await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "completed", "{report:#?}");
+    assert_eq!(report.totals.deleted, 1);
+    assert!(!by_row(&points(&index).await).contains_key("4"));
+    exec(&pool, &format!("DROP TABLE {table}")).await;
+}
