@@ -107,6 +107,11 @@ pub struct SqlConfig {
     /// Seconds between scans while watching.
     #[serde(default = "default_poll_interval_s")]
     pub poll_interval_s: u64,
+    /// PostgreSQL only: a LISTEN/NOTIFY channel whose notifications wake the watcher
+    /// before its next poll (send them from a trigger; see the README). Only a wake-up:
+    /// scans still go by the cursor, so a dropped notification loses nothing.
+    #[serde(default)]
+    pub notify_channel: Option<String>,
     /// Data-quality checks run on every scan before anything is written.
     #[serde(default)]
     pub checks: SqlChecksConfig,

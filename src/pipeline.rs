@@ -436,6 +436,7 @@ impl Index {
         source: Box<dyn Source>,
         options: &SyncOptions,
     ) -> Result<(SourceStats, Vec<FailureNote>, Vec<PlannedChange>)> {
+        let source_id = source.id().to_string();
         let mut stats = SourceStats::default();
         let mut failures = Vec::new();
         let mut planned = Vec::new();
@@ -450,6 +451,7 @@ impl Index {
         };
         let (source_error, ()) = tokio::join!(drive, collect);
         let source_error = source_error?;
+        stats.source_id = source_id;
         if let Some(err) = source_error {
             // The scan did not finish: what it reported is indexed, nothing is deleted.
             stats.error = Some(err);
@@ -730,6 +732,7 @@ pub fn build_source(
                         max_empty_text_share: sql.checks.max_empty_text_share,
                     },
                     poll_interval: Duration::from_secs(sql.poll_interval_s),
+                    notify_channel: sql.notify_channel.clone(),
                 },
             )?)
         }

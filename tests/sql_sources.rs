@@ -58,6 +58,7 @@ fn sql_config(ws: &Workspace, url_env: &str, table: &str) -> Config {
         cursor_overlap_s: 300,
         soft_delete_column: None,
         poll_interval_s: 30,
+        notify_channel: None,
         checks: Default::default(),
     })];
     config
@@ -598,4 +599,163 @@ async fn a_failure_mid_scan_deletes_nothing_and_the_next_scan_finishes_the_job()
     assert_eq!(report.totals.deleted, 1);
     assert!(!by_row(&points(&index).await).contains_key("4"));
     exec(&pool, &format!("DROP TABLE {table}")).await;
+}
+
+/// The bundled example end to end: `scripts/load-sample-db` puts Chinook into SQLite, and
+/// `freshet watch --config config/chinook.toml` keeps its index fresh as a track changes.
+#[test]
+fn watch_keeps_the_chinook_example_fresh() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let root = common::repo_root();
+    let ws = Workspace::empty();
+    let load = Command::new(root.join("scripts/load-sample-db"))
+        .arg("sqlite")
+        .output()
+        .expect("run scripts/load-sample-db");
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&load.stdout);
+    let url = stdout
+        .split("CHINOOK_URL=")
+        .nth(1)
+        .expect("the loader prints the URL")
+        .trim()
+        .to_string();
+    // A copy, so that this test's edits do not touch the shared sample.
+    let path = url.trim_start_matches("sqlite://");
+    let copy = ws.dir.path().join("chinook.sqlite");
+    std::fs::copy(path, &copy).unwrap();
+    let url = format!("sqlite://{}", copy.display());
+
+    let port = common::free_port();
+    let freshet = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_freshet"));
+        command
+            .args([
+                "--config",
+                root.join("config/chinook.toml").to_str().unwrap(),
+            ])
+            .args(["--data-dir", ws.data().to_str().unwrap()])
+            .args(args)
+            .env("CHINOOK_URL", &url);
+        command
+    };
+    let mut watcher = freshet(&["watch", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_until = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_until("the catch-up of 3,503 tracks", &mut || {
+        matches!(common::http_get(port, "/readyz"), Some((200, _)))
+    });
+    let top = |text: &str| -> serde_json::Value {
+        let out = freshet(&["query", text, "-k", "1", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        hits["hits"][0]["payload"].clone()
+    };
+    let hit = top("Bach violin concerto");
+    assert_eq!(hit["genre"], "Classical", "{hit}");
+
+    // A row changes in the database; the watcher's next poll indexes it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pool = connect(&url).await;
+        exec(&pool, "UPDATE track SET name = 'Lullaby for a sleepy lighthouse keeper', updated_at = CURRENT_TIMESTAMP WHERE id = 1").await;
+        pool.close().await;
+    });
+    wait_until("the changed track to be searchable", &mut || {
+        let hit = top("lullaby for a lighthouse keeper");
+        hit["row_key"]["id"] == "1"
+    });
+
+    Command::new("kill")
+        .args(["-TERM", &watcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(watcher.wait().unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_notifications_wake_the_watcher_before_its_next_poll() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    let pool = connect(POSTGRES_URL).await;
+    let table = unique("freshet_notify");
+    let channel = format!("{table}_changes");
+    exec(
+        &pool,
+        &format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, title TEXT, body TEXT, tenant TEXT, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"),
+    )
+    .await;
+    exec(&pool, &format!("INSERT INTO {table} (id, title, body, tenant) VALUES (1, 'Refund policy', 'Unused items can be returned within 30 days.', 'acme')")).await;
+    // The trigger the README documents.
+    exec(&pool, &format!("CREATE FUNCTION {table}_notify() RETURNS trigger AS $$ BEGIN PERFORM pg_notify('{channel}', TG_TABLE_NAME); RETURN NULL; END $$ LANGUAGE plpgsql")).await;
+    exec(&pool, &format!("CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify()")).await;
+
+    let url_env = unique("FRESHET_TEST_URL_NOTIFY");
+    std::env::set_var(&url_env, POSTGRES_URL);
+    let ws = Workspace::empty();
+    let mut config = sql_config(&ws, &url_env, &table);
+    if let SourceConfig::Sql(sql) = &mut config.sources[0] {
+        sql.cursor_column = Some("updated_at".into());
+        // Only a notification can wake it within this test.
+        sql.poll_interval_s = 3600;
+        sql.notify_channel = Some(channel);
+    }
+    let index = std::sync::Arc::new(
+        Index::open_for_sync(config, LockMode::FailIfBusy)
+            .await
+            .unwrap(),
+    );
+    let options = freshet::watch::WatchOptions::default();
+    let task = tokio::spawn({
+        let (index, options) = (index.clone(), options.clone());
+        async move { index.watch(&options).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !options.health.ready.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "no catch-up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The listener is set up before the first scan; give the catch-up round a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    exec(&pool, &format!("UPDATE {table} SET body = 'Items can be returned within 60 days.', updated_at = now() WHERE id = 1")).await;
+    exec(&pool, &format!("INSERT INTO {table} (id, title, body, tenant) VALUES (2, 'Tea', 'Steep green tea for two minutes.', 'acme')")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = by_row(&points(&index).await);
+        if rows.len() == 2 && str_field(&rows["1"], "text").contains("60 days") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the notification did not wake the watcher: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    options.cancel.cancel();
+    task.await.unwrap().unwrap();
+    exec(&pool, &format!("DROP TABLE {table}")).await;
+    exec(&pool, &format!("DROP FUNCTION {table}_notify()")).await;
 }

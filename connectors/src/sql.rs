@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Connection, Executor, Row};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 use tracing::{debug, warn};
 
 use crate::{
@@ -158,6 +158,10 @@ pub struct SqlSourceOptions {
     pub checks: Checks,
     /// How often a following source scans again.
     pub poll_interval: Duration,
+    /// PostgreSQL only: a LISTEN/NOTIFY channel whose notifications wake a following
+    /// source before its next poll (a trigger sends them; see the README). Only a
+    /// wake-up: the scan still goes by the cursor, so a lost notification loses nothing.
+    pub notify_channel: Option<String>,
 }
 
 pub struct SqlSource {
@@ -207,6 +211,12 @@ impl SqlSource {
                     "checks.columns.{column} = {kind:?}: use integer, number, text, timestamp, boolean or any"
                 )));
             }
+        }
+        if options.notify_channel.is_some() && dialect != Dialect::Postgres {
+            return Err(config(
+                "`notify_channel` needs PostgreSQL (LISTEN/NOTIFY); other databases are polled"
+                    .into(),
+            ));
         }
         let template = Template::parse(&options.text).map_err(config)?;
         Ok(Self {
@@ -323,19 +333,32 @@ impl SqlSource {
     fn scan_failed(&self, what: &str, err: impl std::fmt::Display) -> SourceError {
         SourceError::ScanFailed {
             source_id: self.id.clone(),
-            reason: format!(
-                "{what}: {} (nothing was written or deleted for this scan)",
-                redact(&err.to_string(), &self.options.url)
-            ),
+            reason: format!("{what}: {}", redact(&err.to_string(), &self.options.url)),
         }
     }
 
     async fn connect(&self) -> Result<AnyPool, SourceError> {
         sqlx::any::install_default_drivers();
+        let cannot = |err: sqlx::Error| {
+            self.scan_failed(
+                &format!(
+                    "cannot connect to the database (URL from {})",
+                    self.options.url_origin
+                ),
+                err,
+            )
+        };
+        let options = self
+            .options
+            .url
+            .parse::<sqlx::any::AnyConnectOptions>()
+            .map_err(cannot)?
+            // A scan streams rows as fast as the embedder takes them: "slow" by design.
+            .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
         AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&self.options.url)
+            .connect_with(options)
             .await
             .map_err(|err| {
                 self.scan_failed(
@@ -384,7 +407,7 @@ impl SqlSource {
             let kind = TypeKind::parse(expected).expect("validated in new()");
             match found.get(&column.to_ascii_lowercase()) {
                 None => problems.push(format!("column `{column}` is missing")),
-                Some(actual) if !kind.admits(actual) => problems.push(format!(
+                Some(actual) if !kind.admits(actual, self.dialect) => problems.push(format!(
                     "column `{column}` is {actual}, expected {expected}"
                 )),
                 Some(_) => {}
@@ -396,7 +419,7 @@ impl SqlSource {
             Err(SourceError::ScanFailed {
                 source_id: self.id.clone(),
                 reason: format!(
-                    "schema drift: {}; fix the table or the config (nothing was written or deleted)",
+                    "schema drift: {}; fix the table or the config",
                     problems.join("; ")
                 ),
             })
@@ -799,7 +822,7 @@ impl TypeKind {
     }
 
     /// Whether a database's type name is of this kind.
-    fn admits(self, type_name: &str) -> bool {
+    fn admits(self, type_name: &str, dialect: Dialect) -> bool {
         let t = type_name.to_ascii_uppercase();
         let integer = t.contains("INT") && !t.contains("INTERVAL") && !t.contains("POINT");
         let number = integer
@@ -812,6 +835,10 @@ impl TypeKind {
             Self::Text => ["CHAR", "TEXT", "NAME", "CLOB", "STRING", "CITEXT"]
                 .iter()
                 .any(|n| t.contains(n)),
+            // SQLite has no date type: dates are stored as text or numbers.
+            Self::Timestamp if dialect == Dialect::Sqlite => {
+                t.contains("TIME") || t.contains("DATE") || t.contains("TEXT") || number
+            }
             Self::Timestamp => t.contains("TIME") || t.contains("DATE"),
             Self::Boolean => t.contains("BOOL") || t == "TINYINT(1)",
             Self::Any => true,
@@ -839,6 +866,10 @@ impl Source for SqlSource {
     }
 
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
+        let mut listener = match (&self.options.notify_channel, cx.follow) {
+            (Some(channel), true) => self.listen(channel).await,
+            _ => None,
+        };
         loop {
             let outcome = match self.connect().await {
                 Ok(pool) => {
@@ -865,9 +896,59 @@ impl Source for SqlSource {
                     .await?;
                 }
             }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cx.cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(self.options.poll_interval) => {}
+                woke = notified => match woke {
+                    Ok(()) => {
+                        // A burst of writes sends a burst of notifications: one scan.
+                        tokio::time::sleep(NOTIFY_SETTLE).await;
+                        if let Some(listener) = listener.as_mut() {
+                            // (`try_recv` would wait for the next one.)
+                            while listener.next_buffered().is_some() {}
+                        }
+                        debug!(source = %self.id, "woken by a notification");
+                    }
+                    Err(err) => {
+                        warn!(source = %self.id, error = %redact(&err.to_string(), &self.options.url), "lost the notification channel; polling only until it is back");
+                        listener = None;
+                    }
+                },
+            }
+            if listener.is_none() {
+                if let Some(channel) = &self.options.notify_channel {
+                    listener = self.listen(channel).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a notification's scan waits for the rest of its burst.
+const NOTIFY_SETTLE: Duration = Duration::from_millis(200);
+
+impl SqlSource {
+    /// LISTENs on the channel; `None` (polling only, with a warning) when that fails.
+    async fn listen(&self, channel: &str) -> Option<sqlx::postgres::PgListener> {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&self.options.url).await?;
+            listener.listen(channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listening.await {
+            Ok(listener) => {
+                debug!(source = %self.id, channel, "listening for notifications");
+                Some(listener)
+            }
+            Err(err) => {
+                warn!(source = %self.id, channel, error = %redact(&err.to_string(), &self.options.url), "cannot LISTEN; polling only");
+                None
             }
         }
     }
@@ -1040,6 +1121,7 @@ mod tests {
             soft_delete_column: None,
             checks: Checks::default(),
             poll_interval: Duration::from_secs(30),
+            notify_channel: None,
         };
         let mysql = SqlSource::new("p", options.clone()).unwrap();
         assert_eq!(
