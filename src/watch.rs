@@ -127,13 +127,9 @@ impl Index {
         if all_caught_up {
             // A new model's collection serves queries once every source is in it.
             self.publish_collection(true)?;
-            options.health.ready.store(true, Ordering::SeqCst);
         } else if stats.changed_anything() {
             self.publish_collection(false)?;
         }
-        options
-            .health
-            .record(status != "failed", stats.error.as_deref());
         record_round(&stats, status, lag);
         let mut report = RunReport {
             run_id: 0,
@@ -173,6 +169,13 @@ impl Index {
         }
         if let Some(sink) = &options.on_report {
             sink(&report);
+        }
+        // Last, so that whoever waits on health sees the round's report and run too.
+        options
+            .health
+            .record(status != "failed", stats.error.as_deref());
+        if all_caught_up {
+            options.health.ready.store(true, Ordering::SeqCst);
         }
         Ok(())
     }
