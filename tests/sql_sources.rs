@@ -44,6 +44,20 @@ async fn exec(pool: &AnyPool, sql: &str) {
         .unwrap_or_else(|err| panic!("{sql}: {err}"));
 }
 
+/// Puts the URL in a fresh environment variable (the config names variables, never URLs)
+/// and returns the variable's name.
+fn url_in_env(url: &str, tag: &str) -> String {
+    let name = unique(&format!("FRESHET_TEST_URL_{}", tag.to_uppercase()));
+    std::env::set_var(&name, url);
+    name
+}
+
+async fn open(config: Config) -> Index {
+    Index::open_for_sync(config, LockMode::FailIfBusy)
+        .await
+        .expect("open index (is the model provisioned? run scripts/provision)")
+}
+
 fn sql_config(ws: &Workspace, url_env: &str, table: &str) -> Config {
     let mut config = ws.config();
     config.sources = vec![SourceConfig::Sql(SqlConfig {
@@ -85,13 +99,10 @@ async fn index_and_follow_changes(url: &str, tag: &str) {
         (2, 'Sourdough starter', 'Feed the starter with flour and water every day to keep the wild yeast active.', 'acme'),
         (3, 'Bike chain care', 'Clean and lubricate the bicycle chain every few hundred kilometres.', 'globex')")).await;
 
-    let url_env = unique(&format!("FRESHET_TEST_URL_{}", tag.to_uppercase()));
-    std::env::set_var(&url_env, url);
+    let url_env = url_in_env(url, tag);
     let ws = Workspace::empty();
     let config = sql_config(&ws, &url_env, &table);
-    let index = Index::open_for_sync(config, LockMode::FailIfBusy)
-        .await
-        .unwrap();
+    let index = open(config).await;
 
     let first = index.sync(&SyncOptions::default()).await.unwrap();
     assert_eq!(first.status, "completed", "{first:#?}");
@@ -185,12 +196,9 @@ async fn an_unreachable_server_deletes_nothing() {
         ),
     )
     .await;
-    let url_env = unique("FRESHET_TEST_URL_DOWN");
-    std::env::set_var(&url_env, POSTGRES_URL);
+    let url_env = url_in_env(POSTGRES_URL, "down");
     let ws = Workspace::empty();
-    let index = Index::open_for_sync(sql_config(&ws, &url_env, &table), LockMode::FailIfBusy)
-        .await
-        .unwrap();
+    let index = open(sql_config(&ws, &url_env, &table)).await;
     assert_eq!(
         index
             .sync(&SyncOptions::default())
@@ -205,9 +213,7 @@ async fn an_unreachable_server_deletes_nothing() {
     // Nothing listens on port 1.
     std::env::set_var(&url_env, "postgres://postgres:hunter2@127.0.0.1:1/test");
     drop(index);
-    let index = Index::open_for_sync(sql_config(&ws, &url_env, &table), LockMode::FailIfBusy)
-        .await
-        .unwrap();
+    let index = open(sql_config(&ws, &url_env, &table)).await;
     let report = index.sync(&SyncOptions::default()).await.unwrap();
     assert_eq!(report.status, "failed", "{report:#?}");
     let error = report.error.unwrap();
@@ -242,8 +248,7 @@ async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32
         ),
     )
     .await;
-    let url_env = unique(&format!("FRESHET_TEST_URL_CURSOR_{}", tag.to_uppercase()));
-    std::env::set_var(&url_env, url);
+    let url_env = url_in_env(url, &format!("cursor_{tag}"));
     let ws = Workspace::empty();
     let mut config = sql_config(&ws, &url_env, &table);
     if let SourceConfig::Sql(sql) = &mut config.sources[0] {
@@ -251,9 +256,7 @@ async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32
         sql.cursor_overlap_s = 60;
         sql.soft_delete_column = Some("deleted_at".into());
     }
-    let index = Index::open_for_sync(config, LockMode::FailIfBusy)
-        .await
-        .unwrap();
+    let index = open(config).await;
     let sync = || async { index.sync(&SyncOptions::default()).await.unwrap() };
 
     let first = sync().await;
@@ -364,20 +367,21 @@ fn checks_config(
     config
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_check_in_fail_mode_stops_the_scan_naming_column_and_row() {
-    use freshet::config::OnViolationConfig;
+/// The checks table on PostgreSQL and an index over it with the checks on.
+async fn checks_fixture(
+    on_violation: freshet::config::OnViolationConfig,
+) -> (AnyPool, String, Workspace, Index) {
     let pool = connect(POSTGRES_URL).await;
     let table = checks_table(&pool).await;
-    let url_env = unique("FRESHET_TEST_URL_CHECKS");
-    std::env::set_var(&url_env, POSTGRES_URL);
+    let url_env = url_in_env(POSTGRES_URL, "checks");
     let ws = Workspace::empty();
-    let index = Index::open_for_sync(
-        checks_config(&ws, &url_env, &table, OnViolationConfig::Fail),
-        LockMode::FailIfBusy,
-    )
-    .await
-    .unwrap();
+    let index = open(checks_config(&ws, &url_env, &table, on_violation)).await;
+    (pool, table, ws, index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_check_in_fail_mode_stops_the_scan_naming_column_and_row() {
+    let (pool, table, _ws, index) = checks_fixture(freshet::config::OnViolationConfig::Fail).await;
     let good = index.sync(&SyncOptions::default()).await.unwrap();
     assert_eq!(good.status, "completed", "{good:#?}");
     assert_eq!(good.totals.added, 5);
@@ -450,18 +454,8 @@ async fn each_check_in_fail_mode_stops_the_scan_naming_column_and_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_mode_sets_bad_rows_aside_and_indexes_the_rest() {
-    use freshet::config::OnViolationConfig;
-    let pool = connect(POSTGRES_URL).await;
-    let table = checks_table(&pool).await;
-    let url_env = unique("FRESHET_TEST_URL_QUARANTINE");
-    std::env::set_var(&url_env, POSTGRES_URL);
-    let ws = Workspace::empty();
-    let index = Index::open_for_sync(
-        checks_config(&ws, &url_env, &table, OnViolationConfig::Quarantine),
-        LockMode::FailIfBusy,
-    )
-    .await
-    .unwrap();
+    let (pool, table, _ws, index) =
+        checks_fixture(freshet::config::OnViolationConfig::Quarantine).await;
     assert_eq!(
         index
             .sync(&SyncOptions::default())
@@ -544,8 +538,7 @@ async fn a_failure_mid_scan_deletes_nothing_and_the_next_scan_finishes_the_job()
         ),
     )
     .await;
-    let url_env = unique("FRESHET_TEST_URL_MIDSCAN");
-    std::env::set_var(&url_env, POSTGRES_URL);
+    let url_env = url_in_env(POSTGRES_URL, "midscan");
     let ws = Workspace::empty();
     let mut config = sql_config(&ws, &url_env, &table);
     if let SourceConfig::Sql(sql) = &mut config.sources[0] {
@@ -556,9 +549,7 @@ async fn a_failure_mid_scan_deletes_nothing_and_the_next_scan_finishes_the_job()
             "SELECT id, title, body, tenant FROM {table} WHERE 100 / poison > 0 ORDER BY id"
         ));
     }
-    let index = Index::open_for_sync(config, LockMode::FailIfBusy)
-        .await
-        .unwrap();
+    let index = open(config).await;
     assert_eq!(
         index
             .sync(&SyncOptions::default())
@@ -712,8 +703,7 @@ async fn postgres_notifications_wake_the_watcher_before_its_next_poll() {
     exec(&pool, &format!("CREATE FUNCTION {table}_notify() RETURNS trigger AS $$ BEGIN PERFORM pg_notify('{channel}', TG_TABLE_NAME); RETURN NULL; END $$ LANGUAGE plpgsql")).await;
     exec(&pool, &format!("CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify()")).await;
 
-    let url_env = unique("FRESHET_TEST_URL_NOTIFY");
-    std::env::set_var(&url_env, POSTGRES_URL);
+    let url_env = url_in_env(POSTGRES_URL, "notify");
     let ws = Workspace::empty();
     let mut config = sql_config(&ws, &url_env, &table);
     if let SourceConfig::Sql(sql) = &mut config.sources[0] {
@@ -722,11 +712,7 @@ async fn postgres_notifications_wake_the_watcher_before_its_next_poll() {
         sql.poll_interval_s = 3600;
         sql.notify_channel = Some(channel);
     }
-    let index = std::sync::Arc::new(
-        Index::open_for_sync(config, LockMode::FailIfBusy)
-            .await
-            .unwrap(),
-    );
+    let index = std::sync::Arc::new(open(config).await);
     let options = freshet::watch::WatchOptions::default();
     let task = tokio::spawn({
         let (index, options) = (index.clone(), options.clone());

@@ -378,30 +378,12 @@ impl SqlSource {
         }
         let sql = format!("SELECT * FROM {} AS q", self.from());
         let url = &self.options.url;
-        let describe_failed = |err: sqlx::Error| self.scan_failed("cannot read the columns", err);
-        let found: HashMap<String, String> = match self.dialect {
-            Dialect::Postgres => {
-                let mut c = sqlx::PgConnection::connect(url)
-                    .await
-                    .map_err(describe_failed)?;
-                let d = (&mut c).describe(&sql).await.map_err(describe_failed)?;
-                column_types(d.columns())
-            }
-            Dialect::MySql => {
-                let mut c = sqlx::MySqlConnection::connect(url)
-                    .await
-                    .map_err(describe_failed)?;
-                let d = (&mut c).describe(&sql).await.map_err(describe_failed)?;
-                column_types(d.columns())
-            }
-            Dialect::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(url)
-                    .await
-                    .map_err(describe_failed)?;
-                let d = (&mut c).describe(&sql).await.map_err(describe_failed)?;
-                column_types(d.columns())
-            }
-        };
+        let found = match self.dialect {
+            Dialect::Postgres => describe::<sqlx::Postgres>(url, &sql).await,
+            Dialect::MySql => describe::<sqlx::MySql>(url, &sql).await,
+            Dialect::Sqlite => describe::<sqlx::Sqlite>(url, &sql).await,
+        }
+        .map_err(|err| self.scan_failed("cannot read the columns", err))?;
         let mut problems = Vec::new();
         for (column, expected) in &self.options.checks.columns {
             let kind = TypeKind::parse(expected).expect("validated in new()");
@@ -846,9 +828,20 @@ impl TypeKind {
     }
 }
 
-fn column_types<C: sqlx::Column>(columns: &[C]) -> HashMap<String, String> {
-    use sqlx::TypeInfo;
-    columns
+/// The columns a query returns, lower-cased, with the database's name of their type. The
+/// `Any` driver cannot name types such as timestamps, so this asks the native one.
+async fn describe<DB: sqlx::Database>(
+    url: &str,
+    sql: &str,
+) -> Result<HashMap<String, String>, sqlx::Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    use sqlx::{Column, TypeInfo};
+    let mut connection = DB::Connection::connect(url).await?;
+    let described = (&mut connection).describe(sql).await?;
+    Ok(described
+        .columns()
         .iter()
         .map(|c| {
             (
@@ -856,7 +849,7 @@ fn column_types<C: sqlx::Column>(columns: &[C]) -> HashMap<String, String> {
                 c.type_info().name().to_string(),
             )
         })
-        .collect()
+        .collect())
 }
 
 #[async_trait]
