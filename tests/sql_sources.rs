@@ -44,12 +44,35 @@ async fn exec(pool: &AnyPool, sql: &str) {
         .unwrap_or_else(|err| panic!("{sql}: {err}"));
 }
 
-/// Puts the URL in a fresh environment variable (the config names variables, never URLs)
-/// and returns the variable's name.
-fn url_in_env(url: &str, tag: &str) -> String {
-    let name = unique(&format!("FRESHET_TEST_URL_{}", tag.to_uppercase()));
-    std::env::set_var(&name, url);
-    name
+const UNREACHABLE_URL: &str = "postgres://postgres:hunter2@127.0.0.1:1/test";
+
+/// The SQLite database of `sqlite_table`, one per test process.
+fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(format!("freshet-sql-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("sqlite://{}?mode=rwc", dir.join("app.db").display())
+}
+
+/// The environment variable holding `url` (configs name variables, never URLs). All are
+/// set once, before any test touches a database: changing the environment while other
+/// threads (C libraries included) may read it is not safe.
+fn url_in_env(url: &str) -> String {
+    static SET: std::sync::Once = std::sync::Once::new();
+    let urls = [
+        ("FRESHET_TEST_POSTGRES_URL", POSTGRES_URL.to_string()),
+        ("FRESHET_TEST_MARIADB_URL", MARIADB_URL.to_string()),
+        ("FRESHET_TEST_SQLITE_URL", sqlite_url()),
+        ("FRESHET_TEST_UNREACHABLE_URL", UNREACHABLE_URL.to_string()),
+    ];
+    SET.call_once(|| {
+        for (name, value) in &urls {
+            std::env::set_var(name, value);
+        }
+    });
+    urls.iter()
+        .find(|(_, value)| value == url)
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| panic!("no test variable holds {url}"))
 }
 
 async fn open(config: Config) -> Index {
@@ -99,7 +122,7 @@ async fn index_and_follow_changes(url: &str, tag: &str) {
         (2, 'Sourdough starter', 'Feed the starter with flour and water every day to keep the wild yeast active.', 'acme'),
         (3, 'Bike chain care', 'Clean and lubricate the bicycle chain every few hundred kilometres.', 'globex')")).await;
 
-    let url_env = url_in_env(url, tag);
+    let url_env = url_in_env(url);
     let ws = Workspace::empty();
     let config = sql_config(&ws, &url_env, &table);
     let index = open(config).await;
@@ -173,9 +196,11 @@ async fn mariadb_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let url = sqlite_url();
     index_and_follow_changes(&url, "lite").await;
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("freshet-sql-test-{}", std::process::id())),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +221,7 @@ async fn an_unreachable_server_deletes_nothing() {
         ),
     )
     .await;
-    let url_env = url_in_env(POSTGRES_URL, "down");
+    let url_env = url_in_env(POSTGRES_URL);
     let ws = Workspace::empty();
     let index = open(sql_config(&ws, &url_env, &table)).await;
     assert_eq!(
@@ -211,9 +236,8 @@ async fn an_unreachable_server_deletes_nothing() {
     let before = points(&index).await;
 
     // Nothing listens on port 1.
-    std::env::set_var(&url_env, "postgres://postgres:hunter2@127.0.0.1:1/test");
     drop(index);
-    let index = open(sql_config(&ws, &url_env, &table)).await;
+    let index = open(sql_config(&ws, &url_in_env(UNREACHABLE_URL), &table)).await;
     let report = index.sync(&SyncOptions::default()).await.unwrap();
     assert_eq!(report.status, "failed", "{report:#?}");
     let error = report.error.unwrap();
@@ -248,7 +272,7 @@ async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32
         ),
     )
     .await;
-    let url_env = url_in_env(url, &format!("cursor_{tag}"));
+    let url_env = url_in_env(url);
     let ws = Workspace::empty();
     let mut config = sql_config(&ws, &url_env, &table);
     if let SourceConfig::Sql(sql) = &mut config.sources[0] {
@@ -373,7 +397,7 @@ async fn checks_fixture(
 ) -> (AnyPool, String, Workspace, Index) {
     let pool = connect(POSTGRES_URL).await;
     let table = checks_table(&pool).await;
-    let url_env = url_in_env(POSTGRES_URL, "checks");
+    let url_env = url_in_env(POSTGRES_URL);
     let ws = Workspace::empty();
     let index = open(checks_config(&ws, &url_env, &table, on_violation)).await;
     (pool, table, ws, index)
@@ -538,7 +562,7 @@ async fn a_failure_mid_scan_deletes_nothing_and_the_next_scan_finishes_the_job()
         ),
     )
     .await;
-    let url_env = url_in_env(POSTGRES_URL, "midscan");
+    let url_env = url_in_env(POSTGRES_URL);
     let ws = Workspace::empty();
     let mut config = sql_config(&ws, &url_env, &table);
     if let SourceConfig::Sql(sql) = &mut config.sources[0] {
@@ -703,7 +727,7 @@ async fn postgres_notifications_wake_the_watcher_before_its_next_poll() {
     exec(&pool, &format!("CREATE FUNCTION {table}_notify() RETURNS trigger AS $$ BEGIN PERFORM pg_notify('{channel}', TG_TABLE_NAME); RETURN NULL; END $$ LANGUAGE plpgsql")).await;
     exec(&pool, &format!("CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify()")).await;
 
-    let url_env = url_in_env(POSTGRES_URL, "notify");
+    let url_env = url_in_env(POSTGRES_URL);
     let ws = Workspace::empty();
     let mut config = sql_config(&ws, &url_env, &table);
     if let SourceConfig::Sql(sql) = &mut config.sources[0] {
