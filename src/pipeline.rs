@@ -490,7 +490,7 @@ impl Index {
             cancel: options.cancel.clone(),
             cursor: Arc::new(std::sync::Mutex::new(
                 // Retrying failed documents means reading them again: no cursor.
-                if options.retry_failed || options.dry_run {
+                if !source.uses_cursor() || options.retry_failed || options.dry_run {
                     None
                 } else {
                     self.ledger.cursor(source.id(), &self.fingerprint()).await?

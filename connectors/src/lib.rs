@@ -187,6 +187,10 @@ impl SourceError {
 #[async_trait]
 pub trait Source: Send {
     fn id(&self) -> &str;
+    /// Whether scans use [`SourceContext::cursor`] (so the consumer looks it up).
+    fn uses_cursor(&self) -> bool {
+        false
+    }
     /// Scan (ending in `ScanComplete`), then follow changes until cancelled when
     /// `cx.follow` is set.
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError>;

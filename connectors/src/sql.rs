@@ -858,6 +858,10 @@ impl Source for SqlSource {
         &self.id
     }
 
+    fn uses_cursor(&self) -> bool {
+        self.options.cursor_column.is_some()
+    }
+
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
         let mut listener = match (&self.options.notify_channel, cx.follow) {
             (Some(channel), true) => self.listen(channel).await,
