@@ -7,6 +7,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,9 @@ pub struct Index {
     pub chunker: Arc<Chunker>,
     pub store: Arc<dyn VectorStore>,
     pub info: IndexInfo,
+    /// Whether `index.json` names this index's collection (known after the first
+    /// publish, so queries and rounds need not read the file again).
+    published: AtomicBool,
     _lock: DataDirLock,
 }
 
@@ -146,6 +150,7 @@ impl Index {
             embedder: Arc::new(embedder),
             store: Arc::new(store),
             info,
+            published: AtomicBool::new(false),
             config,
             _lock: lock,
         })
@@ -190,6 +195,8 @@ impl Index {
             embedder: Arc::new(embedder),
             store: Arc::new(store),
             info,
+            // Opened from what index.json names.
+            published: AtomicBool::new(true),
             config,
             _lock: lock,
         })
@@ -200,9 +207,13 @@ impl Index {
     /// never sends queries to a half-built collection). Collections of other models are
     /// dropped after the switch.
     pub(crate) fn publish_collection(&self, complete: bool) -> Result<()> {
+        if self.is_published() {
+            return Ok(());
+        }
         let data_dir = &self.config.data_dir;
         let published = read_index_info(data_dir)?;
         if published.as_ref() == Some(&self.info) {
+            self.published.store(true, Ordering::SeqCst);
             return Ok(());
         }
         if published.is_some() && !complete {
@@ -213,6 +224,7 @@ impl Index {
             return Ok(());
         }
         write_index_info(data_dir, &self.info)?;
+        self.published.store(true, Ordering::SeqCst);
         let dir = data_dir.join(COLLECTIONS_DIR);
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.file_name().to_str() != Some(self.info.collection.as_str()) {
@@ -223,6 +235,11 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Whether queries go to this index's collection (see [`Self::publish_collection`]).
+    pub fn is_published(&self) -> bool {
+        self.published.load(Ordering::SeqCst)
     }
 
     /// Everything that decides what a document's points look like.

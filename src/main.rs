@@ -522,14 +522,7 @@ async fn sync_on_schedule(
         match index.sync(&options).await {
             Ok(report) => {
                 for stats in &report.sources {
-                    let status = if stats.error.is_some() {
-                        "failed"
-                    } else if stats.failed > 0 {
-                        "completed_with_failures"
-                    } else {
-                        "completed"
-                    };
-                    record_round(stats, status, None);
+                    record_round(stats, stats.status(), None);
                 }
                 let ok = matches!(
                     report.status.as_str(),

@@ -155,6 +155,18 @@ impl SourceStats {
         }
     }
 
+    /// `failed` (the source errored), `completed_with_failures` (some documents failed or
+    /// were quarantined) or `completed`.
+    pub fn status(&self) -> &'static str {
+        if self.error.is_some() {
+            "failed"
+        } else if self.failed + self.quarantined > 0 {
+            "completed_with_failures"
+        } else {
+            "completed"
+        }
+    }
+
     /// Whether the round changed the index or the ledger at all.
     pub fn changed_anything(&self) -> bool {
         self.added

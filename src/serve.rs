@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::index::{read_index_info, Index};
+use crate::index::Index;
 use crate::store::{Filter, Hit};
 use crate::telemetry::{prometheus, Health, LiveCounters};
 use crate::{Error, Result};
@@ -101,15 +101,12 @@ async fn search(
         return (StatusCode::UNAUTHORIZED, "missing or wrong token").into_response();
     }
     let index = &state.index;
-    match read_index_info(&index.config.data_dir) {
-        Ok(Some(info)) if info == index.info => {}
-        _ => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the index is still being built for the configured model; try again when the watcher has caught up",
-            )
-                .into_response()
-        }
+    if !index.is_published() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the index is still being built for the configured model; try again when the watcher has caught up",
+        )
+            .into_response();
     }
     let filter = request
         .source

@@ -122,7 +122,7 @@ impl Index {
         all_caught_up: bool,
     ) -> Result<()> {
         let stats = round.stats;
-        let status = round_status(&stats);
+        let status = stats.status();
         let lag = round.first_event.map(|at| at.elapsed());
         if all_caught_up {
             // A new model's collection serves queries once every source is in it.
@@ -178,15 +178,5 @@ impl Index {
             options.health.ready.store(true, Ordering::SeqCst);
         }
         Ok(())
-    }
-}
-
-fn round_status(stats: &SourceStats) -> &'static str {
-    if stats.error.is_some() {
-        "failed"
-    } else if stats.failed + stats.quarantined > 0 {
-        "completed_with_failures"
-    } else {
-        "completed"
     }
 }

@@ -169,6 +169,8 @@ pub struct SqlSource {
     options: SqlSourceOptions,
     dialect: Dialect,
     template: Template,
+    /// Every column a scan reads, each once; a row's values come in this order.
+    columns: Vec<String>,
 }
 
 impl std::fmt::Debug for SqlSource {
@@ -219,29 +221,18 @@ impl SqlSource {
             ));
         }
         let template = Template::parse(&options.text).map_err(config)?;
+        let columns = scan_columns(&options, &template);
         Ok(Self {
             id,
             options,
             dialect,
             template,
+            columns,
         })
     }
 
-    /// Every column a scan reads, each once: key, template, metadata, checked, cursor.
-    fn columns(&self) -> Vec<String> {
-        let o = &self.options;
-        let mut seen = BTreeSet::new();
-        o.key
-            .iter()
-            .chain(self.template.columns())
-            .chain(&o.metadata)
-            .chain(&o.checks.not_null)
-            .chain(o.checks.allowed.keys())
-            .chain(o.checks.ranges.keys())
-            .chain(&o.cursor_column)
-            .filter(|c| seen.insert(c.as_str()))
-            .cloned()
-            .collect()
+    fn columns(&self) -> &[String] {
+        &self.columns
     }
 
     fn from(&self) -> String {
@@ -647,6 +638,22 @@ impl SqlSource {
             metadata,
         }
     }
+}
+
+/// Every column a scan reads, each once: key, template, metadata, checked, cursor.
+fn scan_columns(o: &SqlSourceOptions, template: &Template) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    o.key
+        .iter()
+        .chain(template.columns())
+        .chain(&o.metadata)
+        .chain(&o.checks.not_null)
+        .chain(o.checks.allowed.keys())
+        .chain(o.checks.ranges.keys())
+        .chain(&o.cursor_column)
+        .filter(|c| seen.insert(c.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Row rules applied during a scan, and what they found.
