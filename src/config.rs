@@ -29,6 +29,206 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub watch: WatchConfig,
+    /// Where the vectors go: the embedded engine (default), a Qdrant server, or
+    /// PostgreSQL with pgvector.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The vector store. Every kind keeps the same guarantees: the ledger never vouches for
+/// a point the store lacks, applications query a stable name (an alias or a view) that
+/// moves to a new model's collection only once it is complete, and freshet never writes
+/// to or drops a collection it did not create.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// Qdrant's engine in-process, under the data directory (one process at a time).
+    #[default]
+    Embedded,
+    /// A Qdrant server or cluster over gRPC.
+    Qdrant(QdrantConfig),
+    /// PostgreSQL with the pgvector extension.
+    Pgvector(PgvectorConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantConfig {
+    /// The gRPC endpoint, e.g. `http://127.0.0.1:6334`; `https://` means TLS.
+    pub url: String,
+    /// The environment variable holding the API key (the config never holds the key).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// A PEM file of the certificate authority that signed the server's certificate, when
+    /// it is not in the system's trust store.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Seconds one request may take (and the connect timeout).
+    #[serde(default = "default_store_timeout_s")]
+    pub timeout_s: u64,
+    /// The name applications query: an alias that freshet points at the current model's
+    /// collection (`<collection>__<model>-<dim>`).
+    pub collection: String,
+    /// For new collections: shards, copies of each shard, and how many copies must
+    /// acknowledge a write.
+    #[serde(default = "one")]
+    pub shard_number: u32,
+    #[serde(default = "one")]
+    pub replication_factor: u32,
+    #[serde(default = "one")]
+    pub write_consistency_factor: u32,
+    /// For new collections: keep vectors and payloads on disk instead of in memory.
+    #[serde(default)]
+    pub on_disk: bool,
+    /// Write ordering (`weak`, `medium` or `strong`); every write also waits until it is
+    /// applied (`wait = true`) before the ledger commits.
+    #[serde(default)]
+    pub write_ordering: WriteOrderingConfig,
+    /// Points per upsert request (requests are also kept under `max_request_bytes`).
+    #[serde(default = "default_qdrant_batch_points")]
+    pub batch_points: usize,
+    /// Largest upsert request in bytes, under the server's gRPC message limit (32 MiB by
+    /// default).
+    #[serde(default = "default_qdrant_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Upsert requests in flight at once.
+    #[serde(default = "default_qdrant_in_flight")]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteOrderingConfig {
+    /// Qdrant's default: fastest, a write may be reordered with others on replicas.
+    #[default]
+    Weak,
+    /// Writes go through a dynamically elected leader.
+    Medium,
+    /// Writes go through the permanent leader: a total order, even across failures.
+    Strong,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgvectorConfig {
+    /// The environment variable holding the connection URL
+    /// (`postgres://user:password@host:port/db`); the config never holds it.
+    #[serde(default = "default_pgvector_url_env")]
+    pub url_env: String,
+    /// The schema of the view and of freshet's tables (created when missing).
+    #[serde(default = "default_pgvector_schema")]
+    pub schema: String,
+    /// The name applications query: a view over the current model's table
+    /// (`<table>__<hash>`).
+    pub table: String,
+    /// HNSW candidate list size for queries (`hnsw.ef_search`); raised to k when k is
+    /// larger. Filtered queries that the index answers short fall back to an exact scan.
+    #[serde(default = "default_pgvector_ef_search")]
+    pub ef_search: u32,
+    /// Seconds to wait for a connection.
+    #[serde(default = "default_store_timeout_s")]
+    pub timeout_s: u64,
+    /// Rows per upsert statement.
+    #[serde(default = "default_pgvector_batch_rows")]
+    pub batch_rows: usize,
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        match self {
+            StoreConfig::Embedded => Ok(()),
+            StoreConfig::Qdrant(q) => {
+                if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
+                    return invalid(format!(
+                        "store.url = {:?} must start with http:// or https:// (Qdrant's gRPC port, 6334 by default)",
+                        q.url
+                    ));
+                }
+                if !valid_store_name(&q.collection) {
+                    return invalid(format!(
+                        "store.collection = {:?} must be 1 to 100 letters, digits, `_` or `-`",
+                        q.collection
+                    ));
+                }
+                if q.batch_points == 0 || q.max_in_flight == 0 || q.max_request_bytes < 1024 {
+                    return invalid("store.batch_points and store.max_in_flight must be at least 1, store.max_request_bytes at least 1024".into());
+                }
+                if q.shard_number == 0
+                    || q.replication_factor == 0
+                    || q.write_consistency_factor == 0
+                {
+                    return invalid("store.shard_number, store.replication_factor and store.write_consistency_factor must be at least 1".into());
+                }
+                if q.timeout_s == 0 {
+                    return invalid("store.timeout_s must be at least 1".into());
+                }
+                Ok(())
+            }
+            StoreConfig::Pgvector(p) => {
+                // Lower case only: the names are used unquoted by applications too.
+                let lower = |name: &str| {
+                    valid_store_name(name)
+                        && name.len() <= 40
+                        && !name.starts_with(|c: char| c.is_ascii_digit())
+                        && !name.contains('-')
+                        && name == name.to_ascii_lowercase()
+                };
+                if !lower(&p.table) || !lower(&p.schema) {
+                    return invalid(format!(
+                        "store.schema = {:?} and store.table = {:?} must be lower-case SQL names: letters, digits and `_`, at most 40 characters, not starting with a digit",
+                        p.schema, p.table
+                    ));
+                }
+                if p.url_env.trim().is_empty() {
+                    return invalid("store.url_env must name an environment variable".into());
+                }
+                if p.batch_rows == 0 || p.timeout_s == 0 || p.ef_search == 0 {
+                    return invalid(
+                        "store.batch_rows, store.timeout_s and store.ef_search must be at least 1"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn valid_store_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+const fn default_store_timeout_s() -> u64 {
+    30
+}
+const fn one() -> u32 {
+    1
+}
+const fn default_qdrant_batch_points() -> usize {
+    256
+}
+const fn default_qdrant_request_bytes() -> usize {
+    8 << 20
+}
+const fn default_qdrant_in_flight() -> usize {
+    4
+}
+fn default_pgvector_url_env() -> String {
+    "FRESHET_PGVECTOR_URL".into()
+}
+fn default_pgvector_schema() -> String {
+    "public".into()
+}
+const fn default_pgvector_ef_search() -> u32 {
+    100
+}
+const fn default_pgvector_batch_rows() -> usize {
+    500
 }
 
 /// How `freshet watch` follows changes, and where long-running modes (`watch`, `sync
@@ -417,6 +617,7 @@ impl Default for Config {
             embedding: EmbeddingConfig::default(),
             pipeline: PipelineConfig::default(),
             watch: WatchConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -498,6 +699,13 @@ impl Config {
         }
         if let Some(lib) = &self.embedding.onnxruntime_library {
             self.embedding.onnxruntime_library = Some(resolve(lib));
+        }
+        if let StoreConfig::Qdrant(QdrantConfig {
+            ca_cert: Some(cert),
+            ..
+        }) = &mut self.store
+        {
+            *cert = resolve(cert);
         }
     }
 
@@ -628,7 +836,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.store.validate()
     }
 
     pub fn parallel_documents(&self) -> usize {

@@ -1,37 +1,29 @@
-//! An open index: the data directory's lock, the ledger, the embedder, the chunker and the
-//! vector store, loaded once and shared by sync and query.
+//! An open index: the data directory's lock, the ledger, the embedder, the chunker, and
+//! the vector store's catalog and current collection, loaded once and shared by sync and
+//! query.
 //!
-//! Invariant: at most one process uses a data directory's store at a time (an embedded
-//! Qdrant shard admits one opener): an OS advisory lock guards it, and it dies with its
-//! holder, so a killed process never blocks the next run.
+//! Invariant: at most one process writes through a data directory at a time (its ledger
+//! is there): an OS advisory lock guards it, and it dies with its holder, so a killed
+//! process never blocks the next run. Readers take it too only where the store admits one
+//! process at a time (the embedded engine).
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::chunk::Chunker;
 use crate::config::Config;
 use crate::embed::{Embedder, FastEmbedder};
 use crate::extract::EXTRACTOR_VERSION;
 use crate::ledger::Ledger;
-use crate::store::{EdgeStore, Filter, Hit, VectorStore};
+use crate::store::{Catalog, EdgeCatalog, Filter, Hit, VectorStore};
 use crate::{Error, Result};
+
+pub use crate::store::IndexInfo;
 
 const LOCK_FILE: &str = "freshet.lock";
 const LEDGER_FILE: &str = "ledger.sqlite";
-const INDEX_FILE: &str = "index.json";
-const COLLECTIONS_DIR: &str = "collections";
-
-/// What `index.json` records about the collection queries should use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IndexInfo {
-    pub collection: String,
-    pub model_id: String,
-    pub dim: usize,
-}
 
 /// What to do when another process holds the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,12 +100,17 @@ pub struct Index {
     pub ledger: Ledger,
     pub embedder: Arc<dyn Embedder>,
     pub chunker: Arc<Chunker>,
+    /// Where collections live and which one applications query.
+    pub catalog: Arc<dyn Catalog>,
+    /// This model's collection.
     pub store: Arc<dyn VectorStore>,
     pub info: IndexInfo,
-    /// Whether `index.json` names this index's collection (known after the first
-    /// publish, so queries and rounds need not read the file again).
+    /// Whether the published name points at this index's collection (known after the
+    /// first publish, so queries and rounds need not ask the store again).
     published: AtomicBool,
-    _lock: DataDirLock,
+    /// Whether a sync of every source completed into this collection (recorded once).
+    completed: AtomicBool,
+    _lock: Option<DataDirLock>,
 }
 
 impl std::fmt::Debug for Index {
@@ -126,21 +123,29 @@ impl std::fmt::Debug for Index {
 }
 
 impl Index {
-    /// Opens for writing: takes the exclusive lock, loads the model, opens (or creates) the
-    /// ledger and the model's collection, and records it as the one queries use.
+    /// Opens for writing: takes the exclusive lock, connects to the store, loads the model,
+    /// opens (or creates) the ledger and the model's collection.
     pub async fn open_for_sync(config: Config, lock: LockMode) -> Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
         let lock = DataDirLock::acquire(&data_dir, lock)?;
+        let catalog = crate::store::connect(&config).await?;
         let embedder = load_embedder(&config).await?;
         let ledger = Ledger::open_sqlite(&data_dir.join(LEDGER_FILE)).await?;
         let info = IndexInfo {
-            collection: collection_name(embedder.model_id(), embedder.dim()),
+            collection: catalog.collection_name(embedder.model_id(), embedder.dim()),
             model_id: embedder.model_id().to_string(),
             dim: embedder.dim(),
         };
-        let store =
-            EdgeStore::open(&collection_path(&data_dir, &info.collection), info.dim).await?;
+        let store = catalog.open(&info).await?;
+        ledger
+            .note_collection(&info.collection, &info.model_id, info.dim)
+            .await?;
+        let published = catalog.published().await?;
+        let completed = ledger
+            .collection_completed_at(&info.collection)
+            .await?
+            .is_some();
         Ok(Self {
             ledger,
             chunker: Arc::new(Chunker::new(
@@ -148,29 +153,37 @@ impl Index {
                 config.chunking.clone(),
             )),
             embedder: Arc::new(embedder),
-            store: Arc::new(store),
+            published: AtomicBool::new(published.as_ref() == Some(&info)),
+            completed: AtomicBool::new(completed),
+            catalog,
+            store,
             info,
-            published: AtomicBool::new(false),
             config,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 
-    /// Opens for queries: waits for any other process using the data directory, then loads
-    /// the model and the collection the last sync wrote. (An embedded Qdrant shard admits
-    /// one process at a time, readers included; serving queries beside a writer is what
-    /// watch mode's query endpoint is for.)
+    /// Opens for queries: loads the model and the collection applications query. (An
+    /// embedded Qdrant shard admits one process at a time, readers included: there this
+    /// waits for any other process, and serving queries beside a writer is what watch
+    /// mode's query endpoint is for.)
     pub async fn open_for_query(config: Config) -> Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
-        let info = read_index_info(&data_dir)?.ok_or_else(|| Error::NoIndex {
-            data_dir: data_dir.display().to_string(),
-        })?;
-        let lock = DataDirLock::acquire(&data_dir, LockMode::WaitIfBusy)?;
+        let catalog = crate::store::connect(&config).await?;
+        let no_index = || Error::NoIndex {
+            data_dir: catalog.published_name(),
+        };
+        let info = catalog.published().await?.ok_or_else(no_index)?;
+        let lock = if catalog.single_process() {
+            Some(DataDirLock::acquire(&data_dir, LockMode::WaitIfBusy)?)
+        } else {
+            None
+        };
         let embedder = load_embedder(&config).await?;
         if embedder.model_id() != info.model_id || embedder.dim() != info.dim {
             return Err(Error::Store(crate::store::StoreError::Open {
-                path: data_dir.display().to_string(),
+                target: catalog.published_name(),
                 reason: format!(
                     "the index was built with model `{}` ({} dims) but the configured model is `{}` ({} dims); run `freshet sync` with this model first",
                     info.model_id,
@@ -181,11 +194,11 @@ impl Index {
             }));
         }
         let ledger = Ledger::open_sqlite(&data_dir.join(LEDGER_FILE)).await?;
-        let store = EdgeStore::open_existing(&collection_path(&data_dir, &info.collection))
+        let store = catalog.open_existing(&info).await?.ok_or_else(no_index)?;
+        let completed = ledger
+            .collection_completed_at(&info.collection)
             .await?
-            .ok_or_else(|| Error::NoIndex {
-                data_dir: data_dir.display().to_string(),
-            })?;
+            .is_some();
         Ok(Self {
             ledger,
             chunker: Arc::new(Chunker::new(
@@ -193,25 +206,33 @@ impl Index {
                 config.chunking.clone(),
             )),
             embedder: Arc::new(embedder),
-            store: Arc::new(store),
+            catalog,
+            store,
             info,
-            // Opened from what index.json names.
+            // Opened from what the published name points at.
             published: AtomicBool::new(true),
+            completed: AtomicBool::new(completed),
             config,
             _lock: lock,
         })
     }
 
-    /// Makes this index's collection the one queries use, when it is not already: at once
-    /// when there is none yet, otherwise only after a `complete` sync (so a model change
-    /// never sends queries to a half-built collection). Collections of other models are
-    /// dropped after the switch.
-    pub(crate) fn publish_collection(&self, complete: bool) -> Result<()> {
+    /// Makes this index's collection the one applications query, when it is not already:
+    /// only after a `complete` sync (every source's scan finished), so a model change
+    /// never sends queries to a half-built collection. The store drops collections of
+    /// other models after the switch. A complete sync is also recorded, which ends the
+    /// first build's "partial" state.
+    pub(crate) async fn publish_collection(&self, complete: bool) -> Result<()> {
+        if complete && !self.completed.load(Ordering::SeqCst) {
+            self.ledger
+                .complete_collection(&self.info.collection)
+                .await?;
+            self.completed.store(true, Ordering::SeqCst);
+        }
         if self.is_published() {
             return Ok(());
         }
-        let data_dir = &self.config.data_dir;
-        let published = read_index_info(data_dir)?;
+        let published = self.catalog.published().await?;
         if published.as_ref() == Some(&self.info) {
             self.published.store(true, Ordering::SeqCst);
             return Ok(());
@@ -223,16 +244,22 @@ impl Index {
             );
             return Ok(());
         }
-        write_index_info(data_dir, &self.info)?;
+        self.catalog.publish(&self.info).await?;
         self.published.store(true, Ordering::SeqCst);
-        let dir = data_dir.join(COLLECTIONS_DIR);
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_str() != Some(self.info.collection.as_str()) {
-                tracing::info!(collection = %entry.path().display(), "dropping the collection of a previous model");
-                if let Err(err) = std::fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(collection = %entry.path().display(), error = %err, "could not drop an old collection");
-                }
-            }
+        Ok(())
+    }
+
+    /// Before a run writes anything: the very first collection of an index is published at
+    /// once, so applications can query it while it fills (there is nothing older to
+    /// protect; `status` says it is partial until a sync of every source completed).
+    pub(crate) async fn publish_first_build(&self) -> Result<()> {
+        if self.is_published() {
+            return Ok(());
+        }
+        if self.catalog.published().await?.is_none() {
+            tracing::info!(collection = %self.info.collection, name = %self.catalog.published_name(), "first build: published at once, queryable as it fills");
+            self.catalog.publish(&self.info).await?;
+            self.published.store(true, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -312,52 +339,9 @@ pub fn ledger_path(data_dir: &Path) -> PathBuf {
     data_dir.join(LEDGER_FILE)
 }
 
-pub fn collection_path(data_dir: &Path, collection: &str) -> PathBuf {
-    data_dir.join(COLLECTIONS_DIR).join(collection)
-}
-
-/// One collection per model and dimension: vectors of different models never mix.
-pub fn collection_name(model_id: &str, dim: usize) -> String {
-    let slug: String = model_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{slug}-{dim}")
-}
-
+/// What the embedded store's `index.json` names (other kinds: [`Catalog::published`]).
 pub fn read_index_info(data_dir: &Path) -> Result<Option<IndexInfo>> {
-    let path = data_dir.join(INDEX_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| Error::Io {
-                context: format!("{} is damaged", path.display()),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, err),
-            }),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            context: format!("cannot read {}", path.display()),
-            source,
-        }),
-    }
-}
-
-fn write_index_info(data_dir: &Path, info: &IndexInfo) -> Result<()> {
-    let path = data_dir.join(INDEX_FILE);
-    let tmp = data_dir.join(format!("{INDEX_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(info).expect("IndexInfo serializes");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|source| Error::Io {
-            context: format!("cannot write {}", path.display()),
-            source,
-        })
+    Ok(EdgeCatalog::new(data_dir).read_published()?)
 }
 
 #[cfg(test)]
@@ -366,12 +350,13 @@ mod tests {
 
     #[test]
     fn collection_names_are_filesystem_safe_and_model_specific() {
+        use crate::store::model_slug;
         assert_eq!(
-            collection_name("all-MiniLM-L6-v2-int8", 384),
+            model_slug("all-MiniLM-L6-v2-int8", 384),
             "all-MiniLM-L6-v2-int8-384"
         );
-        assert_eq!(collection_name("org/model:v1", 768), "org_model_v1-768");
-        assert_ne!(collection_name("a", 384), collection_name("a", 768));
+        assert_eq!(model_slug("org/model:v1", 768), "org_model_v1-768");
+        assert_ne!(model_slug("a", 384), model_slug("a", 768));
     }
 
     #[test]

@@ -641,6 +641,52 @@ impl Ledger {
             .collect()
     }
 
+    /// Records a collection this ledger writes into (once; later calls change nothing).
+    pub async fn note_collection(
+        &self,
+        name: &str,
+        model_id: &str,
+        dim: usize,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO collections (name, model_id, dim, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(model_id)
+        .bind(dim as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a sync of every source completed into `name` (the first time only).
+    pub async fn complete_collection(&self, name: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE collections SET completed_at = $1 WHERE name = $2 AND completed_at IS NULL",
+        )
+        .bind(now())
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When a sync of every source first completed into `name`: `None` while it is
+    /// partial. A collection the ledger never noted (indexes built before it noted them)
+    /// counts as complete.
+    pub async fn collection_completed_at(&self, name: &str) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query("SELECT completed_at FROM collections WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<String>, _>("completed_at")?,
+            None => Some(String::new()),
+        })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

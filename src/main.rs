@@ -15,14 +15,14 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use freshet::connectors::WatchControl;
-use freshet::index::{collection_path, read_index_info, LockMode};
+use freshet::index::LockMode;
 use freshet::ledger::Ledger;
 use freshet::pipeline::{RunReport, SyncOptions};
 use freshet::schedule::Schedule;
 use freshet::serve::{
     remote_search, running_endpoint, serve_metrics, serve_queries, SearchRequest,
 };
-use freshet::store::{EdgeStore, Filter, VectorStore};
+use freshet::store::Filter;
 use freshet::telemetry::{init_logging, record_round, Health, LiveCounters};
 use freshet::watch::WatchOptions;
 use freshet::{Config, Index};
@@ -777,22 +777,33 @@ async fn status(
     let runs = ledger.recent_runs(run_limit.unwrap_or(1).max(1)).await?;
     let failures = ledger.failures(None, failure_limit).await?;
     let checks = ledger.checks().await?;
-    let info = read_index_info(&config.data_dir)?;
-    // The store admits one process at a time; while a sync holds it, the point count is
-    // reported as unavailable rather than waited for.
+    let catalog = freshet::store::connect(config).await?;
+    let info = catalog.published().await?;
+    // The embedded store admits one process at a time; while a sync holds it, the point
+    // count is reported as unavailable rather than waited for.
     let points = match &info {
-        Some(info) => match freshet::index::DataDirLock::try_exclusive(&config.data_dir) {
-            Some(_lock) => {
-                match EdgeStore::open_existing(&collection_path(&config.data_dir, &info.collection))
-                    .await?
-                {
+        Some(info) if catalog.single_process() => {
+            match freshet::index::DataDirLock::try_exclusive(&config.data_dir) {
+                Some(_lock) => match catalog.open_existing(info).await? {
                     Some(store) => Some(store.count(None).await?),
                     None => None,
-                }
+                },
+                None => None,
             }
+        }
+        Some(info) => match catalog.open_existing(info).await? {
+            Some(store) => Some(store.count(None).await?),
             None => None,
         },
         None => None,
+    };
+    // A first build is published at once and fills while applications query it.
+    let partial = match &info {
+        Some(info) => ledger
+            .collection_completed_at(&info.collection)
+            .await?
+            .is_none(),
+        None => false,
     };
     if cli.json {
         let failures: Vec<_> = failures
@@ -803,7 +814,10 @@ async fn status(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "data_dir": config.data_dir,
+                "store": catalog.location(),
+                "published_as": catalog.published_name(),
                 "index": info,
+                "partial": partial,
                 "points": points,
                 "sources": summaries,
                 "last_run": runs.first(),
@@ -828,6 +842,16 @@ async fn status(
                 "index    {} (point count unavailable while a sync runs)",
                 info.collection
             ),
+        }
+        println!(
+            "store    {}, queried as {}",
+            catalog.location(),
+            catalog.published_name()
+        );
+        if partial {
+            println!(
+                "         partial: the first build has not completed a sync of every source yet; applications see what is indexed so far"
+            );
         }
     }
     for s in &summaries {

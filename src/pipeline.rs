@@ -433,7 +433,7 @@ impl Index {
             // A new collection (another model) becomes the one queries use only once a
             // sync of every source completed in it.
             let complete = report.error.is_none() && report.totals.scan_complete;
-            self.publish_collection(complete)?;
+            self.publish_collection(complete).await?;
             let stats = serde_json::to_value(&report).expect("report serializes");
             self.ledger
                 .finish_run(run_id, status, &stats, report.error.as_deref())
@@ -483,6 +483,9 @@ impl Index {
         control: Option<Arc<WatchControl>>,
         rounds: mpsc::Sender<Round>,
     ) -> Result<Option<String>> {
+        if !options.dry_run {
+            self.publish_first_build().await?;
+        }
         let ctx = Arc::new(Ctx {
             source_id: source.id().to_string(),
             fingerprint: self.fingerprint(),

@@ -126,9 +126,9 @@ impl Index {
         let lag = round.first_event.map(|at| at.elapsed());
         if all_caught_up {
             // A new model's collection serves queries once every source is in it.
-            self.publish_collection(true)?;
+            self.publish_collection(true).await?;
         } else if stats.changed_anything() {
-            self.publish_collection(false)?;
+            self.publish_collection(false).await?;
         }
         record_round(&stats, status, lag);
         let mut report = RunReport {

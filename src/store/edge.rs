@@ -1,8 +1,9 @@
-//! The embedded vector store: a `qdrant-edge` shard on disk under the data directory.
+//! The embedded vector store: a `qdrant-edge` shard per model on disk under the data
+//! directory, and `index.json` naming the one queries use.
 //!
 //! Invariant: every write is flushed (segments and WAL synced) before it returns, because
 //! an edge shard does not replay its WAL on load: an unflushed write would be lost in a
-//! crash while the ledger already vouched for it.
+//! crash while the ledger already vouched for it. `index.json` is replaced atomically.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +17,111 @@ use qdrant_edge::{
 };
 
 use super::{
-    Filter, Hit, Payload, Point, PointId, StoreError, StoredPoint, VectorStore, INDEXED_FIELDS,
+    model_slug, Catalog, Filter, Hit, IndexInfo, Payload, Point, PointId, StoreError, StoredPoint,
+    VectorStore, INDEXED_FIELDS,
 };
+
+const INDEX_FILE: &str = "index.json";
+const COLLECTIONS_DIR: &str = "collections";
+
+/// Collections as directories under `data_dir/collections`; `index.json` names the
+/// published one.
+#[derive(Debug)]
+pub struct EdgeCatalog {
+    data_dir: PathBuf,
+}
+
+impl EdgeCatalog {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    fn collection_path(&self, collection: &str) -> PathBuf {
+        self.data_dir.join(COLLECTIONS_DIR).join(collection)
+    }
+
+    /// What `index.json` names, if anything was published yet.
+    pub fn read_published(&self) -> Result<Option<IndexInfo>, StoreError> {
+        let path = self.data_dir.join(INDEX_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|err| StoreError::Open {
+                    target: path.display().to_string(),
+                    reason: format!("damaged: {err}"),
+                }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(StoreError::Open {
+                target: path.display().to_string(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Catalog for EdgeCatalog {
+    fn location(&self) -> String {
+        self.data_dir.join(COLLECTIONS_DIR).display().to_string()
+    }
+
+    fn published_name(&self) -> String {
+        self.data_dir.join(INDEX_FILE).display().to_string()
+    }
+
+    fn single_process(&self) -> bool {
+        true
+    }
+
+    fn collection_name(&self, model_id: &str, dim: usize) -> String {
+        model_slug(model_id, dim)
+    }
+
+    async fn published(&self) -> Result<Option<IndexInfo>, StoreError> {
+        self.read_published()
+    }
+
+    async fn open(&self, info: &IndexInfo) -> Result<Arc<dyn VectorStore>, StoreError> {
+        Ok(Arc::new(
+            EdgeStore::open(&self.collection_path(&info.collection), info.dim).await?,
+        ))
+    }
+
+    async fn open_existing(
+        &self,
+        info: &IndexInfo,
+    ) -> Result<Option<Arc<dyn VectorStore>>, StoreError> {
+        Ok(
+            EdgeStore::open_existing(&self.collection_path(&info.collection))
+                .await?
+                .map(|s| Arc::new(s) as Arc<dyn VectorStore>),
+        )
+    }
+
+    async fn publish(&self, info: &IndexInfo) -> Result<(), StoreError> {
+        let path = self.data_dir.join(INDEX_FILE);
+        let tmp = self.data_dir.join(format!("{INDEX_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(info).expect("IndexInfo serializes");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|err| StoreError::Open {
+                target: path.display().to_string(),
+                reason: format!("cannot write: {err}"),
+            })?;
+        let dir = self.data_dir.join(COLLECTIONS_DIR);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_str() != Some(info.collection.as_str()) {
+                tracing::info!(collection = %entry.path().display(), "dropping the collection of a previous model");
+                if let Err(err) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(collection = %entry.path().display(), error = %err, "could not drop an old collection");
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 pub struct EdgeStore {
     path: PathBuf,
@@ -56,7 +160,7 @@ impl EdgeStore {
         let open_path = path.clone();
         let shard = blocking(move || {
             EdgeShard::load(&open_path, None).map_err(|err| StoreError::Open {
-                path: open_path.display().to_string(),
+                target: open_path.display().to_string(),
                 reason: err.to_string(),
             })
         })
@@ -86,7 +190,7 @@ impl EdgeStore {
 
 fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
     let open_err = |reason: String| StoreError::Open {
-        path: path.display().to_string(),
+        target: path.display().to_string(),
         reason,
     };
     std::fs::create_dir_all(path).map_err(|err| open_err(err.to_string()))?;
@@ -202,10 +306,11 @@ fn dense_of(vector: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32
 impl VectorStore for EdgeStore {
     async fn ensure_collection(&self, dim: usize) -> Result<(), StoreError> {
         match self.dim() {
-            Some(existing) if existing != dim => Err(StoreError::DimensionMismatch {
+            Some(existing) if existing != dim => Err(StoreError::dimension(
+                &self.path.display().to_string(),
                 existing,
-                wanted: dim,
-            }),
+                dim,
+            )),
             _ => Ok(()),
         }
     }

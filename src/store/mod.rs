@@ -1,16 +1,27 @@
-//! Vectors + payloads, behind the small [`VectorStore`] trait. The embedded default is
-//! Qdrant's own engine in-process ([`EdgeStore`]).
+//! Vectors + payloads, behind two small traits: a [`VectorStore`] is one collection, and a
+//! [`Catalog`] is where collections live and which one applications query. One file per
+//! kind: the embedded engine ([`edge`]), a Qdrant server ([`qdrant`]), PostgreSQL with
+//! pgvector ([`pgvector`]); [`connect`] is the only place that looks at the kind.
 //!
-//! Invariant: when `upsert` or `delete` returns `Ok`, the change is applied and durable;
-//! the pipeline commits the ledger only after that.
+//! Invariants: when `upsert` or `delete` returns `Ok`, the change is applied and durable
+//! (the pipeline commits the ledger only after that); the name applications query moves
+//! atomically; no kind writes to or drops a collection that freshet did not create.
 
 mod edge;
+mod pgvector;
+mod qdrant;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use edge::EdgeStore;
+use crate::config::{Config, StoreConfig};
+
+pub use edge::{EdgeCatalog, EdgeStore};
+pub use pgvector::{PgvectorCatalog, PgvectorStore, UpsertMethod};
+pub use qdrant::{QdrantCatalog, QdrantStore};
 
 pub type PointId = Uuid;
 pub type Payload = serde_json::Map<String, serde_json::Value>;
@@ -73,22 +84,138 @@ pub const INDEXED_FIELDS: [&str; 3] = ["chunk_hash", "source_id", "doc_key"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("vector store at {path}: {reason}")]
-    Open { path: String, reason: String },
+    #[error("vector store {target}: {reason}")]
+    Open { target: String, reason: String },
+    #[error("cannot reach the vector store at {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+    /// A failure that may pass (a connection lost, a timeout, a server overloaded).
     #[error("vector store operation failed: {0}")]
     Operation(String),
-    #[error("the index was built with {existing}-dimensional vectors but the model makes {wanted}; a different model needs its own collection")]
-    DimensionMismatch { existing: usize, wanted: usize },
+    /// The store refused the request; repeating it cannot help.
+    #[error("the vector store refused the request: {0}")]
+    Rejected(String),
+    #[error("{collection} holds {existing} but the model makes {wanted}; a different model needs its own collection (freshet makes one per model when it creates them)")]
+    Mismatch {
+        collection: String,
+        existing: String,
+        wanted: String,
+    },
+    #[error("{name} exists but freshet did not create it; freshet never writes to or drops it: choose another name in [store]")]
+    NotOurs { name: String },
 }
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Operation(_))
+        matches!(
+            self,
+            StoreError::Operation(_) | StoreError::Unreachable { .. }
+        )
+    }
+
+    /// The usual mismatch: cosine vectors of another dimension.
+    pub fn dimension(collection: &str, existing: usize, wanted: usize) -> Self {
+        StoreError::Mismatch {
+            collection: collection.to_string(),
+            existing: format!("{existing}-dimensional cosine vectors"),
+            wanted: format!("{wanted}-dimensional cosine vectors"),
+        }
+    }
+}
+
+/// Which collection holds which model's vectors: what the published name (index.json, a
+/// Qdrant alias, a PostgreSQL view) points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexInfo {
+    /// The physical collection (directory, Qdrant collection, table).
+    pub collection: String,
+    pub model_id: String,
+    pub dim: usize,
+}
+
+/// Where collections live: one per model, behind the one name applications query.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// Where the store is, for messages and `status` (never a secret).
+    fn location(&self) -> String;
+    /// The name applications query (an alias, a view, or the embedded index).
+    fn published_name(&self) -> String;
+    /// Whether a collection admits one process at a time (the embedded engine): readers
+    /// then wait for a writer, and nobody else may open it while a sync runs.
+    fn single_process(&self) -> bool {
+        false
+    }
+    /// The physical collection for a model's vectors.
+    fn collection_name(&self, model_id: &str, dim: usize) -> String;
+    /// What the published name points at, if anything was published yet.
+    async fn published(&self) -> Result<Option<IndexInfo>, StoreError>;
+    /// Opens `info`'s collection for writing, creating it (with payload indexes) when it
+    /// is missing; refuses a collection freshet did not create or whose vectors differ.
+    async fn open(&self, info: &IndexInfo) -> Result<Arc<dyn VectorStore>, StoreError>;
+    /// Opens `info`'s collection for reading; `None` when it does not exist.
+    async fn open_existing(
+        &self,
+        info: &IndexInfo,
+    ) -> Result<Option<Arc<dyn VectorStore>>, StoreError>;
+    /// Points the published name at `info`'s collection in one atomic step, then drops
+    /// the other collections freshet made for that name.
+    async fn publish(&self, info: &IndexInfo) -> Result<(), StoreError>;
+}
+
+/// The catalog the config names. Connects (and fails with the host named, never a
+/// secret, when the store cannot be reached).
+pub async fn connect(config: &Config) -> Result<Arc<dyn Catalog>, StoreError> {
+    Ok(match &config.store {
+        StoreConfig::Embedded => Arc::new(EdgeCatalog::new(&config.data_dir)),
+        StoreConfig::Qdrant(settings) => Arc::new(QdrantCatalog::connect(settings).await?),
+        StoreConfig::Pgvector(settings) => Arc::new(PgvectorCatalog::connect(settings).await?),
+    })
+}
+
+/// One collection per model and dimension, so vectors of different models never mix; a
+/// name that is safe as a file name, a Qdrant collection and (lower-cased) SQL.
+pub fn model_slug(model_id: &str, dim: usize) -> String {
+    let slug: String = model_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{slug}-{dim}")
+}
+
+/// Retries a store call on transient errors with capped exponential backoff; permanent
+/// errors and the last transient one are returned.
+pub(crate) async fn with_retry<T, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut call: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(err) if err.is_transient() && attempt < attempts => {
+                tracing::warn!(call = what, attempt, error = %err, "vector store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
 #[async_trait]
 pub trait VectorStore: Send + Sync {
+    /// Checks that the collection holds `dim`-dimensional cosine vectors.
     async fn ensure_collection(&self, dim: usize) -> Result<(), StoreError>;
     /// Applied and durable on return.
     async fn upsert(&self, points: Vec<Point>) -> Result<(), StoreError>;
