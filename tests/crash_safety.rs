@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{copy_dir, points, Workspace};
+use common::{copy_dir, points, store_toml, StoreKind, Workspace};
 use freshet::pipeline::{CommitStep, FaultHook, SyncOptions};
 
 /// A hook that fires once, at the first time `step` is reached.
@@ -47,6 +47,24 @@ fn delete_one(corpus: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_commit_step_is_repaired_by_the_next_sync() {
+    crash_at_every_step(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_commit_step_is_repaired_by_the_next_sync_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("crash at every commit step") {
+        crash_at_every_step(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_commit_step_is_repaired_by_the_next_sync_on_qdrant() {
+    if let Some(kind) = StoreKind::qdrant("crash at every commit step") {
+        crash_at_every_step(kind).await;
+    }
+}
+
+async fn crash_at_every_step(kind: StoreKind) {
     let steps = [
         CommitStep::AfterIntent,
         CommitStep::AfterUpsert,
@@ -63,7 +81,7 @@ async fn a_crash_at_any_commit_step_is_repaired_by_the_next_sync() {
             if name == "delete one file" && step == CommitStep::AfterUpsert {
                 continue; // a deletion writes no points
             }
-            let ws = Workspace::with_sample_corpus();
+            let ws = Workspace::with_sample_corpus_on(kind);
             // Small chunks, so documents have several points and shrinking leaves stale ones.
             let mut config = ws.config();
             config.chunking.max_tokens = 48;
@@ -89,7 +107,7 @@ async fn a_crash_at_any_commit_step_is_repaired_by_the_next_sync() {
             assert_eq!(verify.pending_documents, 0);
 
             let clean = {
-                let other = Workspace::empty();
+                let other = Workspace::empty_on(kind);
                 copy_dir(&ws.corpus(), &other.corpus());
                 let index = other
                     .open_with(Workspace::config_for(&other, &config))
@@ -158,7 +176,10 @@ fn write_config(ws: &Workspace) -> PathBuf {
     let path = ws.dir.path().join("freshet.toml");
     std::fs::write(
         &path,
-        "data_dir = \"data\"\n[[sources]]\ntype = \"folder\"\nid = \"notes\"\npath = \"corpus\"\n",
+        format!(
+            "data_dir = \"data\"\n[[sources]]\ntype = \"folder\"\nid = \"notes\"\npath = \"corpus\"\n\n{}",
+            store_toml(&ws.store)
+        ),
     )
     .unwrap();
     path
@@ -198,12 +219,30 @@ fn export(config: &Path) -> BTreeMap<String, serde_json::Value> {
 /// between; the final index equals a clean run's: same point ids, same payloads.
 #[test]
 fn kill_minus_nine_many_times_then_resume_equals_a_clean_run() {
+    kill_minus_nine(StoreKind::Embedded, 24);
+}
+
+#[test]
+fn kill_minus_nine_many_times_then_resume_equals_a_clean_run_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("kill -9 of the binary") {
+        kill_minus_nine(kind, 16);
+    }
+}
+
+#[test]
+fn kill_minus_nine_many_times_then_resume_equals_a_clean_run_on_qdrant() {
+    if let Some(kind) = StoreKind::qdrant("kill -9 of the binary") {
+        kill_minus_nine(kind, 16);
+    }
+}
+
+fn kill_minus_nine(kind: StoreKind, default_rounds: usize) {
     let kills: usize = std::env::var("FRESHET_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(default_rounds);
     let seed: u64 = 0x5eed_f00d;
-    let ws = Workspace::empty();
+    let ws = Workspace::empty_on(kind);
     write_corpus(&ws.corpus(), 300, seed);
     let config = write_config(&ws);
     let sync = || {
@@ -261,7 +300,7 @@ fn kill_minus_nine_many_times_then_resume_equals_a_clean_run() {
     assert_eq!(status.code(), Some(0));
     let resumed = export(&config);
 
-    let clean = Workspace::empty();
+    let clean = Workspace::empty_on(kind);
     copy_dir(&ws.corpus(), &clean.corpus());
     let clean_config = write_config(&clean);
     let status = freshet(&clean_config, &["sync"])
@@ -285,7 +324,9 @@ fn kill_minus_nine_many_times_then_resume_equals_a_clean_run() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
-    eprintln!("kill -9 rounds: {killed} killed mid-way, {finished} finished on their own");
+    eprintln!(
+        "kill -9 rounds ({kind:?}): {killed} killed mid-way, {finished} finished on their own"
+    );
 }
 
 /// The cases a ledger without intent records gets wrong: the store is ahead of the ledger

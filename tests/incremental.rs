@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{doc_points, points, str_field, Workspace};
+use common::{doc_points, points, str_field, StoreKind, Workspace};
 use freshet::config::{FolderConfig, SourceConfig};
 use freshet::index::read_index_info;
 use freshet::pipeline::SyncOptions;
@@ -43,7 +43,25 @@ fn small_chunks(ws: &Workspace) -> freshet::Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_one_paragraph_re_embeds_only_the_changed_chunks() {
-    let ws = Workspace::with_sample_corpus();
+    edit_one_paragraph(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_one_paragraph_re_embeds_only_the_changed_chunks_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("chunk-level reuse") {
+        edit_one_paragraph(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_one_paragraph_re_embeds_only_the_changed_chunks_on_qdrant() {
+    if let Some(kind) = StoreKind::qdrant("chunk-level reuse") {
+        edit_one_paragraph(kind).await;
+    }
+}
+
+async fn edit_one_paragraph(kind: StoreKind) {
+    let ws = Workspace::with_sample_corpus_on(kind);
     let path = ws.corpus().join("field-guide.md");
     let original = long_document();
     std::fs::write(&path, &original).unwrap();
@@ -101,7 +119,18 @@ async fn editing_one_paragraph_re_embeds_only_the_changed_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_or_moved_file_is_re_keyed_without_re_embedding() {
-    let ws = Workspace::with_sample_corpus();
+    rename_and_move(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_or_moved_file_is_re_keyed_without_re_embedding_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("rename without re-embedding") {
+        rename_and_move(kind).await;
+    }
+}
+
+async fn rename_and_move(kind: StoreKind) {
+    let ws = Workspace::with_sample_corpus_on(kind);
     let index = ws.open().await;
     index.sync(&SyncOptions::default()).await.unwrap();
     let old_points = doc_points(&points(&index).await, "guides/japan-rail.md").len();
@@ -150,9 +179,33 @@ async fn changing_the_chunk_size_re_indexes_every_document_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_model_gets_its_own_collection_published_only_when_complete() {
-    let ws = Workspace::with_sample_corpus();
-    ws.sync().await;
-    let old = read_index_info(&ws.data()).unwrap().unwrap();
+    model_switch(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_model_gets_its_own_collection_published_only_when_complete_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("model switch through the view") {
+        model_switch(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_model_gets_its_own_collection_published_only_when_complete_on_qdrant() {
+    if let Some(kind) = StoreKind::qdrant("model switch through the alias") {
+        model_switch(kind).await;
+    }
+}
+
+async fn model_switch(kind: StoreKind) {
+    let ws = Workspace::with_sample_corpus_on(kind);
+    let old = {
+        let index = ws.open().await;
+        index.sync(&SyncOptions::default()).await.unwrap();
+        index.catalog.published().await.unwrap().unwrap()
+    };
+    if kind == StoreKind::Embedded {
+        assert_eq!(read_index_info(&ws.data()).unwrap().unwrap(), old);
+    }
 
     // "Another model": same files under another id, so a new vector space as far as the
     // index can tell. The first attempt has a source that fails: no switch.
@@ -171,27 +224,117 @@ async fn a_new_model_gets_its_own_collection_published_only_when_complete() {
     assert_eq!(partial.status, "failed");
     assert_eq!(partial.sources[0].updated, 6, "{partial:#?}");
     assert_eq!(
-        read_index_info(&ws.data()).unwrap().unwrap(),
+        index.catalog.published().await.unwrap().unwrap(),
         old,
         "switched to a half-built collection"
     );
-    assert!(ws.data().join("collections").join(&old.collection).is_dir());
+    assert!(index.catalog.open_existing(&old).await.unwrap().is_some());
+    // Applications still get answers from the old model's collection.
+    {
+        let served = index.catalog.open_existing(&old).await.unwrap().unwrap();
+        assert!(served.count(None).await.unwrap() > 0);
+    }
     drop(index);
 
     config.sources.pop();
     let index = ws.open_with(config).await;
     let complete = index.sync(&SyncOptions::default()).await.unwrap();
     assert_eq!(complete.status, "completed", "{complete:#?}");
-    let new = read_index_info(&ws.data()).unwrap().unwrap();
-    assert_eq!(new.collection, "minilm-retrained-384");
+    let new = index.catalog.published().await.unwrap().unwrap();
+    assert_eq!(
+        new.collection,
+        index.catalog.collection_name("minilm-retrained", 384)
+    );
+    assert_eq!(new.model_id, "minilm-retrained");
     assert!(
-        !ws.data().join("collections").join(&old.collection).exists(),
+        index.catalog.open_existing(&old).await.unwrap().is_none(),
         "old collection kept"
     );
+    if kind == StoreKind::Embedded {
+        assert_eq!(new.collection, "minilm-retrained-384");
+        assert!(!ws.data().join("collections").join(&old.collection).exists());
+    }
     assert!(index.verify().await.unwrap().is_clean());
     let hits = index
         .query("sourdough bread proofing", 1, None)
         .await
         .unwrap();
     assert_eq!(str_field(&hits[0].payload, "doc_key"), "sourdough.html");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_build_is_queryable_as_it_fills_and_reported_partial() {
+    first_build_partial(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_build_is_queryable_as_it_fills_and_reported_partial_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("first build queryable as it fills") {
+        first_build_partial(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_build_is_queryable_as_it_fills_and_reported_partial_on_qdrant() {
+    if let Some(kind) = StoreKind::qdrant("first build queryable as it fills") {
+        first_build_partial(kind).await;
+    }
+}
+
+/// A first sync that dies part-way leaves what it committed queryable (there is nothing
+/// older to protect), and the index is reported partial until a sync completes.
+async fn first_build_partial(kind: StoreKind) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let ws = Workspace::with_sample_corpus_on(kind);
+    let mut config = ws.config();
+    // One document per batch, so the crash after the second commit leaves some indexed.
+    config.pipeline.commit_batch_chunks = 1;
+    let index = ws.open_with(config.clone()).await;
+    let commits = Arc::new(AtomicUsize::new(0));
+    let seen = commits.clone();
+    let options = SyncOptions {
+        fault: Some(freshet::pipeline::FaultHook(Arc::new(move |step| {
+            step == freshet::pipeline::CommitStep::AfterCommit
+                && seen.fetch_add(1, Ordering::SeqCst) == 1
+        }))),
+        ..SyncOptions::default()
+    };
+    let crashed = index.sync(&options).await;
+    assert!(
+        matches!(crashed, Err(freshet::Error::Injected(_))),
+        "{crashed:?}"
+    );
+    drop(index);
+
+    let reader = freshet::Index::open_for_query(config.clone())
+        .await
+        .unwrap();
+    let indexed = reader.store.count(None).await.unwrap();
+    assert!(
+        indexed > 0,
+        "nothing queryable after an interrupted first build"
+    );
+    let hits = reader.query("anything at all", 3, None).await.unwrap();
+    assert!(!hits.is_empty());
+    assert!(
+        reader
+            .ledger
+            .collection_completed_at(&reader.info.collection)
+            .await
+            .unwrap()
+            .is_none(),
+        "an interrupted first build must be reported partial"
+    );
+    drop(reader);
+
+    let index = ws.open_with(config).await;
+    index.sync(&SyncOptions::default()).await.unwrap();
+    assert!(index
+        .ledger
+        .collection_completed_at(&index.info.collection)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(index.store.count(None).await.unwrap() > indexed);
 }

@@ -5,13 +5,31 @@ mod common;
 
 use std::process::Command;
 
-use common::{doc_points, points, Workspace};
+use common::{doc_points, points, StoreKind, Workspace};
 use freshet::index::{DataDirLock, LockMode};
 use freshet::pipeline::SyncOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_drift_and_repair_fixes_it() {
-    let ws = Workspace::with_sample_corpus();
+    drift_and_repair(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_drift_and_repair_fixes_it_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("verify and repair") {
+        drift_and_repair(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_drift_and_repair_fixes_it_on_qdrant() {
+    if let Some(kind) = StoreKind::qdrant("verify and repair") {
+        drift_and_repair(kind).await;
+    }
+}
+
+async fn drift_and_repair(kind: StoreKind) {
+    let ws = Workspace::with_sample_corpus_on(kind);
     let index = ws.open().await;
     index.sync(&SyncOptions::default()).await.unwrap();
     assert!(index.verify().await.unwrap().is_clean());

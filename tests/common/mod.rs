@@ -1,12 +1,16 @@
 //! Shared helpers for integration tests: a copy of the sample corpus in a temp dir, an
-//! index over it with the real model and the real embedded store, and readers for what
-//! the store holds.
+//! index over it with the real model and a real store (the embedded engine, or a
+//! pgvector or Qdrant server named by the environment), and readers for what the store
+//! holds.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use freshet::config::{Config, FolderConfig, SourceConfig};
+use freshet::config::{
+    Config, FolderConfig, PgvectorConfig, QdrantConfig, SourceConfig, StoreConfig,
+    WriteOrderingConfig,
+};
 use freshet::index::LockMode;
 use freshet::pipeline::{RunReport, SyncOptions};
 use freshet::store::{Payload, PointId};
@@ -29,25 +33,135 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A temp dir holding `corpus/` (a copy of examples/sample-docs) and `data/`.
+/// The pgvector server the tests use (`scripts/test` starts one and sets it).
+pub const PGVECTOR_URL_ENV: &str = "FRESHET_TEST_PGVECTOR_URL";
+/// A Qdrant server's gRPC URL, and its API key if it wants one.
+pub const QDRANT_URL_ENV: &str = "FRESHET_TEST_QDRANT_URL";
+pub const QDRANT_KEY_ENV: &str = "FRESHET_TEST_QDRANT_API_KEY";
+
+/// A store kind under test; each workspace gets its own collection (or table) in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Pgvector,
+    Qdrant,
+}
+
+/// A name no other test uses: tests run in parallel against one server.
+pub fn unique_name() -> String {
+    format!("ft_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+impl StoreKind {
+    /// pgvector, when its server is configured. Otherwise prints why the test is skipped
+    /// (and fails under `FRESHET_REQUIRE_PGVECTOR=1`, which `scripts/test` sets, so CI never
+    /// passes by skipping).
+    pub fn pgvector(test: &str) -> Option<Self> {
+        if std::env::var(PGVECTOR_URL_ENV).is_ok() {
+            return Some(StoreKind::Pgvector);
+        }
+        if std::env::var("FRESHET_REQUIRE_PGVECTOR").is_ok_and(|v| v == "1") {
+            panic!("{test}: {PGVECTOR_URL_ENV} is not set but FRESHET_REQUIRE_PGVECTOR=1 (run scripts/test, which starts pgvector)");
+        }
+        eprintln!("SKIPPED {test} on pgvector: {PGVECTOR_URL_ENV} is not set (scripts/test starts a local pgvector server and sets it)");
+        None
+    }
+
+    /// Qdrant, when a server is named. Otherwise prints why the test is skipped.
+    pub fn qdrant(test: &str) -> Option<Self> {
+        if std::env::var(QDRANT_URL_ENV).is_ok() {
+            return Some(StoreKind::Qdrant);
+        }
+        eprintln!("SKIPPED {test} on Qdrant: {QDRANT_URL_ENV} is not set (no Qdrant server can be installed from a registry here; point it at a server's gRPC port to run this)");
+        None
+    }
+
+    /// A fresh store config: a new table, collection or (embedded) the data directory.
+    pub fn config(self) -> StoreConfig {
+        match self {
+            StoreKind::Embedded => StoreConfig::Embedded,
+            StoreKind::Pgvector => StoreConfig::Pgvector(PgvectorConfig {
+                url_env: PGVECTOR_URL_ENV.into(),
+                schema: "public".into(),
+                table: unique_name(),
+                ef_search: 100,
+                timeout_s: 30,
+                batch_rows: 500,
+            }),
+            StoreKind::Qdrant => StoreConfig::Qdrant(QdrantConfig {
+                url: std::env::var(QDRANT_URL_ENV).unwrap(),
+                api_key_env: std::env::var(QDRANT_KEY_ENV)
+                    .is_ok()
+                    .then(|| QDRANT_KEY_ENV.to_string()),
+                ca_cert: None,
+                timeout_s: 30,
+                collection: unique_name(),
+                shard_number: 1,
+                replication_factor: 1,
+                write_consistency_factor: 1,
+                on_disk: false,
+                write_ordering: WriteOrderingConfig::Weak,
+                batch_points: 64,
+                max_request_bytes: 8 << 20,
+                max_in_flight: 4,
+            }),
+        }
+    }
+
+    /// The kinds a ledger-protocol test runs on: the embedded engine, plus the servers
+    /// that are configured.
+    pub fn available(test: &str) -> Vec<Self> {
+        let mut kinds = vec![StoreKind::Embedded];
+        kinds.extend(Self::pgvector(test));
+        kinds.extend(Self::qdrant(test));
+        kinds
+    }
+}
+
+/// `[store]` as TOML, for config files the binary reads.
+pub fn store_toml(store: &StoreConfig) -> String {
+    #[derive(serde::Serialize)]
+    struct Wrapper<'a> {
+        store: &'a StoreConfig,
+    }
+    toml::to_string(&Wrapper { store }).unwrap()
+}
+
+/// A temp dir holding `corpus/` (a copy of examples/sample-docs) and `data/`, and the
+/// store its index writes to.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    pub store: StoreConfig,
 }
 
 impl Workspace {
     pub fn with_sample_corpus() -> Self {
+        Self::with_sample_corpus_on(StoreKind::Embedded)
+    }
+
+    pub fn with_sample_corpus_on(kind: StoreKind) -> Self {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(
             &repo_root().join("examples/sample-docs"),
             &dir.path().join("corpus"),
         );
-        Self { dir }
+        Self {
+            dir,
+            store: kind.config(),
+        }
     }
 
     pub fn empty() -> Self {
+        Self::empty_on(StoreKind::Embedded)
+    }
+
+    pub fn empty_on(kind: StoreKind) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
-        Self { dir }
+        Self {
+            dir,
+            store: kind.config(),
+        }
     }
 
     pub fn corpus(&self) -> PathBuf {
@@ -69,14 +183,16 @@ impl Workspace {
                 respect_gitignore: true,
                 include_hidden: false,
             })],
+            store: self.store.clone(),
             ..Config::default()
         }
     }
 
-    /// `template` with this workspace's corpus and data directory.
+    /// `template` with this workspace's corpus, data directory and store.
     pub fn config_for(ws: &Workspace, template: &Config) -> Config {
         let mut config = template.clone();
         config.data_dir = ws.data();
+        config.store = ws.store.clone();
         for source in &mut config.sources {
             if let SourceConfig::Folder(folder) = source {
                 folder.path = ws.corpus();
