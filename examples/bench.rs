@@ -2,7 +2,13 @@
 //! sync time, no-op re-sync time and peak memory, measured side by side in one run on the
 //! same model and thread count. Prints figures; asserts nothing.
 //!
-//! Run: `cargo run --release --example bench -- [--docs 2000] [--threads 0]`
+//! Run: `cargo run --release --example bench -- [--docs 2000] [--threads 0]
+//! [--store embedded,pgvector,qdrant]`
+//!
+//! `--store` runs the cold and no-op syncs once per store kind, side by side: pgvector
+//! uses `FRESHET_PGVECTOR_URL` (or starts `scripts/pgvector`), Qdrant needs
+//! `FRESHET_BENCH_QDRANT_URL` (a server's gRPC port). Each gets a fresh table or
+//! collection, dropped afterwards.
 //!
 //! Each measurement runs in a child process of its own, so peak memory (VmHWM) belongs to
 //! that measurement alone.
@@ -14,10 +20,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use freshet::chunk::Chunker;
 use freshet::config::{Config, EmbeddingConfig, FolderConfig, SourceConfig};
+use freshet::config::{PgvectorConfig, QdrantConfig, StoreConfig, WriteOrderingConfig};
 use freshet::embed::{load_plain_tokenizer, locate, ort_environment};
 use freshet::extract::{extract, MediaType};
 use freshet::index::LockMode;
 use freshet::pipeline::SyncOptions;
+use freshet::store::{Filter, Hit, Point, PointId, StoreError, StoredPoint, VectorStore};
 use freshet::Index;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -46,7 +54,13 @@ struct RawResult {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SyncResult {
+    store: String,
     docs: usize,
+    points_upserted: u64,
+    /// Time inside the store's calls during the cold sync (upserts, deletes, reuse
+    /// lookups), and inside upserts alone.
+    store_seconds: f64,
+    upsert_seconds: f64,
     chunks: u64,
     real_tokens: u64,
     open_seconds: f64,
@@ -71,6 +85,14 @@ fn main() -> anyhow::Result<()> {
     };
     let docs = flag("--docs", 2000);
     let threads = flag("--threads", 0);
+    let stores: Vec<String> = args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1))
+        .map_or("embedded", String::as_str)
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-data");
     match args.get(1).map(String::as_str) {
         Some("raw") => {
@@ -79,15 +101,30 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("sync") => {
-            let result = pipeline_sync(&root, docs, threads)?;
+            let result = pipeline_sync(&root, docs, threads, &stores[0])?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
-        _ => parent(&root, docs, threads),
+        _ => parent(&root, docs, threads, &stores),
     }
 }
 
-fn parent(root: &Path, docs: usize, threads: usize) -> anyhow::Result<()> {
+fn parent(root: &Path, docs: usize, threads: usize, stores: &[String]) -> anyhow::Result<()> {
+    if stores.iter().any(|s| s == "pgvector") && std::env::var("FRESHET_PGVECTOR_URL").is_err() {
+        let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pgvector"))
+            .arg("start")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "scripts/pgvector start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::env::set_var(
+            "FRESHET_PGVECTOR_URL",
+            String::from_utf8(out.stdout)?.trim(),
+        );
+    }
     let half = docs / 2;
     for n in [half, docs] {
         generate_corpus(&corpus_dir(root, n), n)?;
@@ -122,14 +159,22 @@ fn parent(root: &Path, docs: usize, threads: usize) -> anyhow::Result<()> {
         half.to_string(),
         "--threads".into(),
         t.clone(),
+        "--store".into(),
+        stores[0].clone(),
     ])?)?;
-    let full: SyncResult = serde_json::from_str(&child(&[
-        "sync".into(),
-        "--docs".into(),
-        docs.to_string(),
-        "--threads".into(),
-        t,
-    ])?)?;
+    let mut per_store = Vec::new();
+    for store in stores {
+        per_store.push(serde_json::from_str::<SyncResult>(&child(&[
+            "sync".into(),
+            "--docs".into(),
+            docs.to_string(),
+            "--threads".into(),
+            t.clone(),
+            "--store".into(),
+            store.clone(),
+        ])?)?);
+    }
+    let full = &per_store[0];
 
     let pipe_tps = full.real_tokens as f64 / full.cold_seconds;
     println!();
@@ -176,7 +221,27 @@ fn parent(root: &Path, docs: usize, threads: usize) -> anyhow::Result<()> {
         full.noop_seconds,
         100.0 * full.noop_seconds / full.cold_seconds
     );
-    for r in [&small, &full] {
+    if per_store.len() > 1 || full.store != "embedded" {
+        println!();
+        println!(
+            "stores, side by side ({} documents, {} points each):",
+            full.docs, full.points_upserted
+        );
+        for r in &per_store {
+            println!(
+                "  {:<9} cold {:>7.1}s ({:.3}x {})   upserts {:>7.0} points/s   store share {:>5.1}% of cold   no-op re-sync {:.3}s",
+                r.store,
+                r.cold_seconds,
+                r.cold_seconds / full.cold_seconds,
+                full.store,
+                r.points_upserted as f64 / r.upsert_seconds.max(1e-9),
+                100.0 * r.store_seconds / r.cold_seconds,
+                r.noop_seconds,
+            );
+        }
+        println!("  (target: pgvector cold <= 1.1x embedded, the embedder stays the bottleneck)");
+    }
+    for r in [&small, full] {
         println!(
             "peak anonymous memory, {:>5} documents   {:>8} KiB",
             r.docs, r.peak_anon_kib
@@ -187,7 +252,7 @@ fn parent(root: &Path, docs: usize, threads: usize) -> anyhow::Result<()> {
         full.peak_anon_kib as f64 / small.peak_anon_kib.max(1) as f64,
         full.docs / small.docs.max(1)
     );
-    for r in [&small, &full] {
+    for r in [&small, full] {
         println!(
             "peak RSS incl. mapped index files, {:>5} documents   {:>8} KiB",
             r.docs, r.peak_rss_kib
@@ -487,12 +552,114 @@ fn raw_session(corpus: &Path, threads: usize) -> anyhow::Result<RawResult> {
     })
 }
 
+/// The store a benchmark child writes to: a fresh table or collection per run.
+fn store_config(kind: &str) -> anyhow::Result<StoreConfig> {
+    let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    Ok(match kind {
+        "embedded" => StoreConfig::Embedded,
+        "pgvector" => StoreConfig::Pgvector(PgvectorConfig {
+            url_env: "FRESHET_PGVECTOR_URL".into(),
+            schema: "public".into(),
+            table: name,
+            ef_search: 100,
+            timeout_s: 30,
+            batch_rows: 500,
+        }),
+        "qdrant" => StoreConfig::Qdrant(QdrantConfig {
+            url: std::env::var("FRESHET_BENCH_QDRANT_URL")
+                .context("--store qdrant needs FRESHET_BENCH_QDRANT_URL (a server's gRPC port)")?,
+            api_key_env: None,
+            ca_cert: None,
+            timeout_s: 30,
+            collection: name,
+            shard_number: 1,
+            replication_factor: 1,
+            write_consistency_factor: 1,
+            on_disk: false,
+            write_ordering: WriteOrderingConfig::Weak,
+            batch_points: 256,
+            max_request_bytes: 8 << 20,
+            max_in_flight: 4,
+        }),
+        other => bail!("unknown store kind {other} (embedded, pgvector or qdrant)"),
+    })
+}
+
+/// The real store, with the time spent inside its calls counted.
+struct TimedStore {
+    inner: std::sync::Arc<dyn VectorStore>,
+    nanos: std::sync::atomic::AtomicU64,
+    upsert_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl TimedStore {
+    fn add(&self, started: Instant) {
+        self.nanos.fetch_add(
+            started.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl VectorStore for TimedStore {
+    async fn ensure_collection(&self, dim: usize) -> Result<(), StoreError> {
+        self.inner.ensure_collection(dim).await
+    }
+    async fn upsert(&self, points: Vec<Point>) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.upsert(points).await;
+        self.upsert_nanos.fetch_add(
+            started.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.add(started);
+        result
+    }
+    async fn delete(&self, ids: Vec<PointId>) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.delete(ids).await;
+        self.add(started);
+        result
+    }
+    async fn search(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: Option<Filter>,
+    ) -> Result<Vec<Hit>, StoreError> {
+        self.inner.search(vector, k, filter).await
+    }
+    async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError> {
+        self.inner.count(filter).await
+    }
+    async fn scroll(
+        &self,
+        offset: Option<PointId>,
+        limit: usize,
+        filter: Option<Filter>,
+        with_vectors: bool,
+    ) -> Result<(Vec<StoredPoint>, Option<PointId>), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.scroll(offset, limit, filter, with_vectors).await;
+        self.add(started);
+        result
+    }
+}
+
 /// The product path: a cold `sync` into a fresh data directory, then a no-op re-sync.
-fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<SyncResult> {
+fn pipeline_sync(
+    root: &Path,
+    docs: usize,
+    threads: usize,
+    store: &str,
+) -> anyhow::Result<SyncResult> {
     let corpus = corpus_dir(root, docs);
     let data = root.join(format!("data-{docs}"));
     let _ = std::fs::remove_dir_all(&data);
+    let store_config = store_config(store)?;
     let config = Config {
+        store: store_config.clone(),
         data_dir: data.clone(),
         sources: vec![SourceConfig::Folder(FolderConfig {
             id: "bench".into(),
@@ -520,31 +687,53 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (open_seconds, cold_seconds, noop_seconds, chunks, embed_seconds) =
-        runtime.block_on(async {
-            let started = Instant::now();
-            let index = Index::open_for_sync(config, LockMode::FailIfBusy).await?;
-            let open_seconds = started.elapsed().as_secs_f64();
-            let started = Instant::now();
-            let cold = index.sync(&SyncOptions::default()).await?;
-            let cold_seconds = started.elapsed().as_secs_f64();
-            if cold.status != "completed" {
-                bail!("cold sync: {cold:?}");
-            }
-            let started = Instant::now();
-            let noop = index.sync(&SyncOptions::default()).await?;
-            let noop_seconds = started.elapsed().as_secs_f64();
-            if noop.totals.chunks_embedded != 0 {
-                bail!("no-op sync embedded {} chunks", noop.totals.chunks_embedded);
-            }
-            anyhow::Ok((
-                open_seconds,
-                cold_seconds,
-                noop_seconds,
-                cold.totals.chunks_embedded,
-                cold.totals.embed_ms as f64 / 1000.0,
-            ))
-        })?;
+    let (
+        open_seconds,
+        cold_seconds,
+        noop_seconds,
+        chunks,
+        embed_seconds,
+        points_upserted,
+        store_nanos,
+    ) = runtime.block_on(async {
+        let started = Instant::now();
+        let mut index = Index::open_for_sync(config, LockMode::FailIfBusy).await?;
+        let open_seconds = started.elapsed().as_secs_f64();
+        let wrapped = std::sync::Arc::new(TimedStore {
+            inner: index.store.clone(),
+            nanos: 0.into(),
+            upsert_nanos: 0.into(),
+        });
+        index.store = wrapped.clone();
+        let started = Instant::now();
+        let cold = index.sync(&SyncOptions::default()).await?;
+        let cold_seconds = started.elapsed().as_secs_f64();
+        if cold.status != "completed" {
+            bail!("cold sync: {cold:?}");
+        }
+        let store_nanos = (
+            wrapped.nanos.load(std::sync::atomic::Ordering::Relaxed),
+            wrapped
+                .upsert_nanos
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let started = Instant::now();
+        let noop = index.sync(&SyncOptions::default()).await?;
+        let noop_seconds = started.elapsed().as_secs_f64();
+        if noop.totals.chunks_embedded != 0 {
+            bail!("no-op sync embedded {} chunks", noop.totals.chunks_embedded);
+        }
+        anyhow::Ok((
+            open_seconds,
+            cold_seconds,
+            noop_seconds,
+            cold.totals.chunks_embedded,
+            cold.totals.embed_ms as f64 / 1000.0,
+            cold.totals.points_upserted,
+            store_nanos,
+        ))
+    })?;
+    drop_bench_store(&runtime, &store_config)?;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let peak_anon_kib = sampler.join().unwrap_or(0);
     let peak_rss_kib = peak_rss_kib();
@@ -552,7 +741,11 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
     let texts = corpus_chunks(&corpus, &tokenizer)?;
     let _ = std::fs::remove_dir_all(&data);
     Ok(SyncResult {
+        store: store.to_string(),
         docs,
+        points_upserted,
+        store_seconds: store_nanos.0 as f64 / 1e9,
+        upsert_seconds: store_nanos.1 as f64 / 1e9,
         chunks,
         real_tokens: real_tokens(&tokenizer, &texts, EmbeddingConfig::default().max_length),
         open_seconds,
@@ -561,6 +754,37 @@ fn pipeline_sync(root: &Path, docs: usize, threads: usize) -> anyhow::Result<Syn
         embed_seconds,
         peak_rss_kib,
         peak_anon_kib,
+    })
+}
+
+/// Drops the benchmark's table (and view) or collection (and alias) on a server.
+fn drop_bench_store(runtime: &tokio::runtime::Runtime, store: &StoreConfig) -> anyhow::Result<()> {
+    runtime.block_on(async {
+        match store {
+            StoreConfig::Embedded => {}
+            StoreConfig::Pgvector(p) => {
+                let pool = sqlx::PgPool::connect(&std::env::var(&p.url_env)?).await?;
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND starts_with(tablename::text, $1)",
+                )
+                .bind(format!("{}__", p.table))
+                .fetch_all(&pool)
+                .await?;
+                sqlx::query(&format!("DROP VIEW IF EXISTS public.\"{}\"", p.table)).execute(&pool).await?;
+                for table in tables {
+                    sqlx::query(&format!("DROP TABLE IF EXISTS public.\"{table}\"")).execute(&pool).await?;
+                }
+            }
+            StoreConfig::Qdrant(q) => {
+                let client = qdrant_client::Qdrant::from_url(&q.url).build()?;
+                for collection in client.list_collections().await?.collections {
+                    if collection.name.starts_with(&format!("{}__", q.collection)) {
+                        client.delete_collection(collection.name).await?;
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
     })
 }
 
