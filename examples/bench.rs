@@ -7,8 +7,8 @@
 //!
 //! `--store` runs the cold and no-op syncs once per store kind, side by side: pgvector
 //! uses `FRESHET_PGVECTOR_URL` (or starts `scripts/pgvector`), Qdrant needs
-//! `FRESHET_BENCH_QDRANT_URL` (a server's gRPC port). Each gets a fresh table or
-//! collection, dropped afterwards.
+//! `FRESHET_BENCH_QDRANT_URL` (a server's gRPC port; `FRESHET_BENCH_QDRANT_API_KEY` if it
+//! wants a key). Each gets a fresh table or collection, dropped afterwards.
 //!
 //! Each measurement runs in a child process of its own, so peak memory (VmHWM) belongs to
 //! that measurement alone.
@@ -568,7 +568,9 @@ fn store_config(kind: &str) -> anyhow::Result<StoreConfig> {
         "qdrant" => StoreConfig::Qdrant(QdrantConfig {
             url: std::env::var("FRESHET_BENCH_QDRANT_URL")
                 .context("--store qdrant needs FRESHET_BENCH_QDRANT_URL (a server's gRPC port)")?,
-            api_key_env: None,
+            api_key_env: std::env::var("FRESHET_BENCH_QDRANT_API_KEY")
+                .is_ok()
+                .then(|| "FRESHET_BENCH_QDRANT_API_KEY".to_string()),
             ca_cert: None,
             timeout_s: 30,
             collection: name,
@@ -776,7 +778,11 @@ fn drop_bench_store(runtime: &tokio::runtime::Runtime, store: &StoreConfig) -> a
                 }
             }
             StoreConfig::Qdrant(q) => {
-                let client = qdrant_client::Qdrant::from_url(&q.url).build()?;
+                let client = qdrant_client::Qdrant::from_url(&q.url)
+                    .api_key(std::env::var("FRESHET_BENCH_QDRANT_API_KEY").ok())
+                    // Its version check prints to stdout, which carries the child's result.
+                    .skip_compatibility_check()
+                    .build()?;
                 for collection in client.list_collections().await?.collections {
                     if collection.name.starts_with(&format!("{}__", q.collection)) {
                         client.delete_collection(collection.name).await?;

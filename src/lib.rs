@@ -11,6 +11,7 @@ pub mod extract;
 pub mod index;
 pub mod ledger;
 pub mod pipeline;
+pub mod retry;
 pub mod schedule;
 pub mod serve;
 pub mod store;
@@ -59,8 +60,10 @@ pub enum Error {
     Injected(String),
 }
 
-impl Error {
-    pub fn is_transient(&self) -> bool {
+use retry::Transient;
+
+impl Transient for Error {
+    fn is_transient(&self) -> bool {
         match self {
             Error::Ledger(e) => e.is_transient(),
             Error::Store(e) => e.is_transient(),

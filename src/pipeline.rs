@@ -1597,25 +1597,17 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
 
 /// Runs a store or ledger step, retrying transient errors with capped exponential backoff.
 /// Permanent errors and exhausted retries stop the run: nothing is marked done.
-async fn retry<F, Fut>(what: &str, mut step: F) -> Result<()>
+async fn retry<F, Fut>(what: &str, step: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match step().await {
-            Ok(()) => return Ok(()),
-            Err(err) if err.is_transient() && attempt < MAX_ATTEMPTS => {
-                tracing::warn!(step = what, attempt, error = %err, "transient failure; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    let backoff = crate::retry::Backoff {
+        attempts: MAX_ATTEMPTS,
+        first_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+    };
+    crate::retry::with_backoff(what, backoff, step).await
 }
 
 /// After a scan: documents in the ledger that the scan covered (`scope`: `Some(None)` for

@@ -454,6 +454,7 @@ async fn qdrant_leaves_foreign_collections_alone() {
     let theirs = info(cat.as_ref(), "conformance-a", DIM);
     let client = qdrant_client::Qdrant::from_url(&std::env::var(common::QDRANT_URL_ENV).unwrap())
         .api_key(std::env::var(common::QDRANT_KEY_ENV).ok())
+        .skip_compatibility_check()
         .build()
         .unwrap();
     client

@@ -30,6 +30,14 @@ fn write_config(ws: &Workspace, store: &str) -> PathBuf {
     path
 }
 
+/// A run that failed at start: exit 1, the host named, the secret nowhere.
+fn assert_failed_naming(out: &Output, host: &str, secret: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains(host), "the host is not named: {all}");
+    assert!(!all.contains(secret), "the secret leaked: {all}");
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}\n{}",
@@ -53,13 +61,7 @@ fn an_unreachable_pgvector_fails_naming_the_host_and_not_the_password() {
         )
         .output()
         .unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(
-        all.contains(&format!("127.0.0.1:{port}")),
-        "the host is not named: {all}"
-    );
-    assert!(!all.contains(PASSWORD), "the password leaked: {all}");
+    assert_failed_naming(&out, &format!("127.0.0.1:{port}"), PASSWORD);
     // Nothing was recorded as indexed.
     let status = freshet(&config, &["status", "--json"]).output().unwrap();
     assert!(
@@ -82,13 +84,7 @@ fn an_unreachable_qdrant_fails_naming_the_host_and_not_the_api_key() {
         .env("FRESHET_FAILURE_TEST_QDRANT_KEY", API_KEY)
         .output()
         .unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(
-        all.contains(&format!("127.0.0.1:{port}")),
-        "the host is not named: {all}"
-    );
-    assert!(!all.contains(API_KEY), "the API key leaked: {all}");
+    assert_failed_naming(&out, &format!("127.0.0.1:{port}"), API_KEY);
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

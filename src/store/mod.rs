@@ -104,12 +104,38 @@ pub enum StoreError {
     NotOurs { name: String },
 }
 
-impl StoreError {
-    pub fn is_transient(&self) -> bool {
+impl crate::retry::Transient for StoreError {
+    fn is_transient(&self) -> bool {
         matches!(
             self,
             StoreError::Operation(_) | StoreError::Unreachable { .. }
         )
+    }
+}
+
+impl StoreError {
+    /// Refuses points a collection of `dim`-dimensional vectors must not take: another
+    /// dimension, or NaN or infinite values (which no distance can rank).
+    pub fn check_points(collection: &str, dim: usize, points: &[Point]) -> Result<(), Self> {
+        for point in points {
+            Self::check_dimension(collection, dim, point.vector.len())?;
+            if point.vector.iter().any(|x| !x.is_finite()) {
+                return Err(StoreError::Rejected(format!(
+                    "point {} has NaN or infinite values; it was not stored",
+                    point.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses vectors of another dimension than the collection's.
+    pub fn check_dimension(collection: &str, existing: usize, wanted: usize) -> Result<(), Self> {
+        if existing == wanted {
+            Ok(())
+        } else {
+            Err(Self::dimension(collection, existing, wanted))
+        }
     }
 
     /// The usual mismatch: cosine vectors of another dimension.
@@ -187,30 +213,23 @@ pub fn model_slug(model_id: &str, dim: usize) -> String {
     format!("{slug}-{dim}")
 }
 
-/// Retries a store call on transient errors with capped exponential backoff; permanent
-/// errors and the last transient one are returned.
+/// Retries a store call on transient errors (a few quick attempts: the pipeline retries
+/// writes again on top, with its own patience).
 pub(crate) async fn with_retry<T, F, Fut>(
     what: &str,
     attempts: u32,
-    mut call: F,
+    call: F,
 ) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut delay = std::time::Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(err) if err.is_transient() && attempt < attempts => {
-                tracing::warn!(call = what, attempt, error = %err, "vector store call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    let backoff = crate::retry::Backoff {
+        attempts,
+        first_delay: std::time::Duration::from_millis(200),
+        max_delay: std::time::Duration::from_secs(5),
+    };
+    crate::retry::with_backoff(what, backoff, call).await
 }
 
 #[async_trait]

@@ -567,21 +567,7 @@ impl PgvectorStore {
         points: &[Point],
         method: UpsertMethod,
     ) -> Result<(), StoreError> {
-        if let Some(bad) = points.iter().find(|p| p.vector.len() != self.dim) {
-            return Err(StoreError::dimension(
-                &format!("table {}", self.table),
-                self.dim,
-                bad.vector.len(),
-            ));
-        }
-        if points
-            .iter()
-            .any(|p| p.vector.iter().any(|x| !x.is_finite()))
-        {
-            return Err(StoreError::Rejected(
-                "a vector holds NaN or infinite values".into(),
-            ));
-        }
+        StoreError::check_points(&format!("table {}", self.table), self.dim, points)?;
         let mut tx = self.pool.begin().await.map_err(sql_error)?;
         match method {
             UpsertMethod::UnnestInsert => {
@@ -694,14 +680,7 @@ impl PgvectorStore {
 #[async_trait]
 impl VectorStore for PgvectorStore {
     async fn ensure_collection(&self, dim: usize) -> Result<(), StoreError> {
-        if dim != self.dim {
-            return Err(StoreError::dimension(
-                &format!("table {}", self.table),
-                self.dim,
-                dim,
-            ));
-        }
-        Ok(())
+        StoreError::check_dimension(&format!("table {}", self.table), self.dim, dim)
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), StoreError> {
@@ -829,6 +808,7 @@ impl VectorStore for PgvectorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::Transient;
 
     #[test]
     fn copy_rows_escape_what_copy_text_format_treats_specially() {

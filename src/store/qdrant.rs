@@ -604,6 +604,10 @@ fn split_points(points: Vec<Point>, max_points: usize, max_bytes: usize) -> Vec<
 }
 
 impl QdrantStore {
+    fn name(&self) -> String {
+        format!("Qdrant collection `{}`", self.collection)
+    }
+
     async fn upsert_request(&self, points: Vec<Point>) -> Result<(), StoreError> {
         let structs: Vec<PointStruct> = points
             .into_iter()
@@ -626,24 +630,11 @@ impl QdrantStore {
 #[async_trait]
 impl VectorStore for QdrantStore {
     async fn ensure_collection(&self, dim: usize) -> Result<(), StoreError> {
-        if dim != self.dim {
-            return Err(StoreError::dimension(
-                &format!("Qdrant collection `{}`", self.collection),
-                self.dim,
-                dim,
-            ));
-        }
-        Ok(())
+        StoreError::check_dimension(&self.name(), self.dim, dim)
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), StoreError> {
-        if let Some(bad) = points.iter().find(|p| p.vector.len() != self.dim) {
-            return Err(StoreError::dimension(
-                &format!("Qdrant collection `{}`", self.collection),
-                self.dim,
-                bad.vector.len(),
-            ));
-        }
+        StoreError::check_points(&self.name(), self.dim, &points)?;
         let batches = split_points(points, self.batch_points, self.max_request_bytes);
         futures::stream::iter(batches)
             .map(|batch| self.upsert_request(batch))
@@ -778,6 +769,7 @@ impl VectorStore for QdrantStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::Transient;
 
     fn point(text_len: usize) -> Point {
         let mut payload = Payload::new();
