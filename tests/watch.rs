@@ -154,6 +154,8 @@ impl Watcher {
 async fn fresh_sync_points(ws: &Workspace, config: &Config) -> BTreeMap<PointId, Payload> {
     let mut fresh = config.clone();
     fresh.data_dir = ws.dir.path().join("fresh-data");
+    // Its own table or collection on a server store.
+    fresh.store = common::StoreKind::of(&config.store).config();
     let index = Index::open_for_sync(fresh, freshet::index::LockMode::FailIfBusy)
         .await
         .unwrap();
@@ -314,7 +316,25 @@ fn random_operation(rng: &mut Rng, root: &Path, counter: &mut usize) -> &'static
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watched_index_equals_a_fresh_sync_after_random_operations() {
-    let ws = Workspace::empty();
+    watch_equals_batch(common::StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watched_index_equals_a_fresh_sync_after_random_operations_on_pgvector() {
+    if let Some(kind) = common::StoreKind::pgvector("watch equals batch") {
+        watch_equals_batch(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watched_index_equals_a_fresh_sync_after_random_operations_on_qdrant() {
+    if let Some(kind) = common::StoreKind::qdrant("watch equals batch") {
+        watch_equals_batch(kind).await;
+    }
+}
+
+async fn watch_equals_batch(kind: common::StoreKind) {
+    let ws = Workspace::empty_on(kind);
     let mut rng = Rng(0x5eed_f00d_cafe_0001);
     let mut counter = 0;
     for _ in 0..20 {

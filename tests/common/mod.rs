@@ -76,6 +76,15 @@ impl StoreKind {
         None
     }
 
+    /// The kind a store config is of.
+    pub fn of(store: &StoreConfig) -> Self {
+        match store {
+            StoreConfig::Embedded => StoreKind::Embedded,
+            StoreConfig::Pgvector(_) => StoreKind::Pgvector,
+            StoreConfig::Qdrant(_) => StoreKind::Qdrant,
+        }
+    }
+
     /// A fresh store config: a new table, collection or (embedded) the data directory.
     pub fn config(self) -> StoreConfig {
         match self {
