@@ -335,6 +335,17 @@ fn end_to_end(kind: StoreKind) {
     );
     let (code, out, _) = run(&["verify"]);
     assert_eq!(code, Some(0), "{out}");
+    std::fs::write(
+        ws.corpus().join("new-note.md"),
+        "# Ferries\n\nThe harbour ferry runs hourly.\n",
+    )
+    .unwrap();
+    let (code, out, stdout) = run(&["plan", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["totals"]["added"], 1, "{plan:#}");
+    let (code, out, _) = run(&["sync"]);
+    assert_eq!(code, Some(0), "{out}");
     let (code, out, stdout) = run(&["-vv", "sync", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
