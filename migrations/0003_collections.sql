@@ -8,3 +8,12 @@ CREATE TABLE collections (
     created_at   TEXT   NOT NULL,
     completed_at TEXT
 );
+
+-- Collections that documents already point into were built before this table existed:
+-- they count as complete (their model is not recorded here; the store knows it).
+INSERT INTO collections (name, model_id, dim, created_at, completed_at)
+SELECT DISTINCT collection, '', 0, updated_at_min, updated_at_min
+FROM (
+    SELECT collection, MIN(updated_at) AS updated_at_min
+    FROM documents WHERE collection <> '' GROUP BY collection
+) AS known;

@@ -140,10 +140,10 @@ impl StoreConfig {
             StoreConfig::Embedded => Ok(()),
             StoreConfig::Qdrant(q) => {
                 if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
-                    return invalid(format!(
-                        "store.url = {:?} must start with http:// or https:// (Qdrant's gRPC port, 6334 by default)",
-                        q.url
-                    ));
+                    // The URL itself is not repeated: it may carry credentials.
+                    return invalid(
+                        "store.url must start with http:// or https:// (Qdrant's gRPC port, 6334 by default)".into(),
+                    );
                 }
                 if !valid_store_name(&q.collection) {
                     return invalid(format!(

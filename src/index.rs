@@ -141,7 +141,22 @@ impl Index {
         ledger
             .note_collection(&info.collection, &info.model_id, info.dim)
             .await?;
+        // A collection that holds no point at all while the ledger records points in it
+        // was recreated (a new or restored server, a dropped table): those documents are
+        // read and indexed again instead of being trusted.
+        let (probe, _) = store.scroll(None, 1, None, false).await?;
+        if probe.is_empty() {
+            let stale = ledger.invalidate_collection(&info.collection).await?;
+            if stale > 0 {
+                tracing::warn!(collection = %info.collection, documents = stale, "the collection is empty but the ledger recorded points in it; those documents will be indexed again");
+            }
+        }
         let published = catalog.published().await?;
+        if published.as_ref() == Some(&info) {
+            // Finishes a switch that stopped before dropping the previous model's
+            // collection (publishing what is published changes nothing else).
+            catalog.publish(&info).await?;
+        }
         let completed = ledger
             .collection_completed_at(&info.collection)
             .await?

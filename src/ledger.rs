@@ -661,6 +661,20 @@ impl Ledger {
         Ok(())
     }
 
+    /// Makes every document recorded with points in `name` read and re-indexed by the next
+    /// sync (the collection was found empty: recreated on a new server, or dropped).
+    /// Returns how many documents that affects.
+    pub async fn invalidate_collection(&self, name: &str) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE documents SET version_hint = '', content_hash = NULL
+             WHERE collection = $1 AND point_ids <> '[]'",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Records that a sync of every source completed into `name` (the first time only).
     pub async fn complete_collection(&self, name: &str) -> Result<(), LedgerError> {
         sqlx::query(

@@ -431,8 +431,21 @@ impl Index {
         };
         if !options.dry_run {
             // A new collection (another model) becomes the one queries use only once a
-            // sync of every source completed in it.
-            let complete = report.error.is_none() && report.totals.scan_complete;
+            // sync of every configured source completed in it: not when the run was
+            // stopped between sources, nor when a caller synced some of them.
+            let finished: HashSet<&str> = report
+                .sources
+                .iter()
+                .filter(|s| s.scan_complete && s.error.is_none())
+                .map(|s| s.source_id.as_str())
+                .collect();
+            let complete = report.error.is_none()
+                && !options.cancel.is_cancelled()
+                && self
+                    .config
+                    .sources
+                    .iter()
+                    .all(|s| finished.contains(s.id()));
             self.publish_collection(complete).await?;
             let stats = serde_json::to_value(&report).expect("report serializes");
             self.ledger
@@ -1592,7 +1605,22 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
         // freshet's own fields win; config validation keeps names from clashing.
         map.entry(field.clone()).or_insert_with(|| value.clone());
     }
+    for value in map.values_mut() {
+        strip_nul(value);
+    }
     map
+}
+
+/// Removes NUL characters from every string of a payload value: PostgreSQL's `jsonb`
+/// refuses them, and no store kind should hold what another refuses. (Chunk text is
+/// cleaned before this; titles and a source's metadata columns may still carry them.)
+fn strip_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        serde_json::Value::Object(map) => map.values_mut().for_each(strip_nul),
+        _ => {}
+    }
 }
 
 /// Runs a store or ledger step, retrying transient errors with capped exponential backoff.
@@ -1726,6 +1754,16 @@ mod tests {
         assert_ne!(a, point_id("other", "a.md", 0));
         // The separator keeps (source, key) pairs from colliding by concatenation.
         assert_ne!(point_id("a", "bc", 0), point_id("ab", "c", 0));
+    }
+
+    #[test]
+    fn payload_strings_lose_nul_characters_at_any_depth() {
+        let mut value = serde_json::json!({"title": "a\u{0}b", "meta": {"tags": ["x\u{0}", 3]}});
+        strip_nul(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({"title": "ab", "meta": {"tags": ["x", 3]}})
+        );
     }
 
     #[test]

@@ -338,3 +338,50 @@ async fn first_build_partial(kind: StoreKind) {
         .is_some());
     assert!(index.store.count(None).await.unwrap() > indexed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_collection_is_filled_again_not_trusted() {
+    lost_collection(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_collection_is_filled_again_not_trusted_on_pgvector() {
+    if let Some(kind) = StoreKind::pgvector("a dropped table is refilled") {
+        lost_collection(kind).await;
+    }
+}
+
+/// A collection recreated empty (a new or restored server, a dropped table) while the
+/// ledger still records points in it: the next sync indexes every document again.
+async fn lost_collection(kind: StoreKind) {
+    let ws = Workspace::with_sample_corpus_on(kind);
+    let (before, info) = {
+        let index = ws.open().await;
+        index.sync(&SyncOptions::default()).await.unwrap();
+        (points(&index).await, index.info.clone())
+    };
+    match &ws.store {
+        freshet::config::StoreConfig::Pgvector(p) => {
+            let pool = sqlx::PgPool::connect(&std::env::var(common::PGVECTOR_URL_ENV).unwrap())
+                .await
+                .unwrap();
+            sqlx::query(&format!("DROP VIEW public.\"{}\"", p.table))
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(&format!("DROP TABLE public.\"{}\"", info.collection))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        _ => {
+            std::fs::remove_dir_all(ws.data().join("collections")).unwrap();
+            std::fs::remove_file(ws.data().join("index.json")).unwrap();
+        }
+    }
+    let index = ws.open().await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.totals.updated, 6, "{report:#?}");
+    assert!(index.verify().await.unwrap().is_clean());
+    assert_eq!(points(&index).await, before);
+}

@@ -77,6 +77,7 @@ fn sql_error(err: sqlx::Error) -> StoreError {
                 || code.starts_with("57P")
                 || code == "40001"
                 || code == "40P01"
+                || code == "55P03"
         }),
         _ => false,
     };
@@ -168,13 +169,23 @@ impl PgvectorCatalog {
                     ),
                 })?;
         }
-        sqlx::query(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
-            self.settings.schema
-        ))
-        .execute(&self.pool)
-        .await
-        .map_err(sql_error)?;
+        // Looked up first: CREATE SCHEMA IF NOT EXISTS needs the right to create schemas
+        // even when the schema exists, which an application's role often lacks.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&self.settings.schema)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(sql_error)?;
+        if !exists {
+            sqlx::query(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                self.settings.schema
+            ))
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        }
         Ok(())
     }
 
@@ -422,42 +433,60 @@ impl Catalog for PgvectorCatalog {
         let view = quoted(schema, self.view());
         let table = quoted(schema, &info.collection);
         let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        self.lock_view(&mut tx).await?;
+        // Checked inside the lock: the view is freshet's (or absent) when it is replaced.
+        let current = self.published().await?;
+        if current.as_ref().map(|c| &c.collection) != Some(&info.collection) {
+            let comment = serde_json::json!({
+                "freshet": {
+                    "view": self.view(),
+                    "collection": info.collection,
+                    "model_id": info.model_id,
+                    "dim": info.dim,
+                }
+            })
+            .to_string();
+            // `embedding::vector` drops the dimension from the view's column type, so the
+            // view can be replaced in place for any model: grants on it and views built
+            // on it survive. A bounded wait for the lock: an application's long
+            // transaction must not queue every other query behind the switch.
+            for statement in [
+                "SET LOCAL lock_timeout = '10s'".to_string(),
+                format!(
+                    "CREATE OR REPLACE VIEW {view} AS SELECT id, embedding::vector AS embedding, payload, source_id, doc_key, chunk_hash FROM {table}"
+                ),
+                format!("COMMENT ON VIEW {view} IS {}", literal(&comment)),
+            ] {
+                sqlx::query(&statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql_error)?;
+            }
+            tracing::info!(view = %view, table = %table, "view switched");
+        }
+        // Also after a switch that stopped before this step. Under the lock, so that a
+        // table another process is publishing is not dropped under it.
+        self.drop_others(&mut tx, info).await;
+        tx.commit().await.map_err(sql_error)
+    }
+}
+
+impl PgvectorCatalog {
+    /// Serializes publishing (and dropping) for this view across processes.
+    async fn lock_view(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("freshet:{schema}.{}", self.view()))
-            .execute(&mut *tx)
+            .bind(format!("freshet:{}.{}", self.settings.schema, self.view()))
+            .execute(tx)
             .await
             .map_err(sql_error)?;
-        // Checked inside the lock: the view is freshet's (or absent) when it is replaced.
-        if let Some(current) = self.published().await? {
-            if current.collection == info.collection {
-                return tx.commit().await.map_err(sql_error);
-            }
-        }
-        let comment = serde_json::json!({
-            "freshet": {
-                "view": self.view(),
-                "collection": info.collection,
-                "model_id": info.model_id,
-                "dim": info.dim,
-            }
-        })
-        .to_string();
-        for statement in [
-            format!("DROP VIEW IF EXISTS {view}"),
-            format!(
-                "CREATE VIEW {view} AS SELECT id, embedding, payload, source_id, doc_key, chunk_hash FROM {table}"
-            ),
-            format!("COMMENT ON VIEW {view} IS {}", literal(&comment)),
-        ] {
-            sqlx::query(&statement)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_error)?;
-        }
-        tx.commit().await.map_err(sql_error)?;
-        tracing::info!(view = %view, table = %table, "view switched");
+        Ok(())
+    }
 
-        let others: Vec<(String, Option<String>)> = sqlx::query_as(
+    /// Drops freshet's other tables for this view (previous models), best effort: a
+    /// failure is logged, and the next publish tries again.
+    async fn drop_others(&self, tx: &mut sqlx::PgConnection, info: &IndexInfo) {
+        let schema = &self.settings.schema;
+        let others: Result<Vec<(String, Option<String>)>, _> = sqlx::query_as(
             "SELECT c.relname::text, obj_description(c.oid, 'pg_class')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> $2
@@ -466,22 +495,40 @@ impl Catalog for PgvectorCatalog {
         .bind(schema)
         .bind(&info.collection)
         .bind(format!("{}__", self.view()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql_error)?;
+        .fetch_all(&mut *tx)
+        .await;
+        let others = match others {
+            Ok(others) => others,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not list previous tables to drop");
+                return;
+            }
+        };
         for (name, comment) in others {
             if self.owned_info(&name, comment.as_deref()).is_none() {
                 continue;
             }
             tracing::info!(table = %name, "dropping the table of a previous model");
-            let dropped = sqlx::query(&format!("DROP TABLE IF EXISTS {}", quoted(schema, &name)))
-                .execute(&self.pool)
-                .await;
+            // A savepoint keeps one failed drop from aborting the transaction.
+            let dropped = async {
+                sqlx::query("SAVEPOINT drop_old").execute(&mut *tx).await?;
+                let result =
+                    sqlx::query(&format!("DROP TABLE IF EXISTS {}", quoted(schema, &name)))
+                        .execute(&mut *tx)
+                        .await;
+                let end = if result.is_ok() {
+                    "RELEASE SAVEPOINT drop_old"
+                } else {
+                    "ROLLBACK TO SAVEPOINT drop_old"
+                };
+                sqlx::query(end).execute(&mut *tx).await?;
+                result.map(|_| ())
+            }
+            .await;
             if let Err(err) = dropped {
                 tracing::warn!(table = %name, error = %err, "could not drop an old table");
             }
         }
-        Ok(())
     }
 }
 
@@ -568,7 +615,7 @@ impl PgvectorStore {
         method: UpsertMethod,
     ) -> Result<(), StoreError> {
         StoreError::check_points(&format!("table {}", self.table), self.dim, points)?;
-        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        let mut tx = self.durable_transaction().await?;
         match method {
             UpsertMethod::UnnestInsert => {
                 let statement = format!(
@@ -622,6 +669,19 @@ impl PgvectorStore {
             }
         }
         tx.commit().await.map_err(sql_error)
+    }
+
+    /// A transaction whose commit returns only once it is durable, whatever the server's,
+    /// database's or role's `synchronous_commit` says (the ledger commits right after).
+    async fn durable_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error)?;
+        Ok(tx)
     }
 
     async fn nearest(
@@ -699,12 +759,13 @@ impl VectorStore for PgvectorStore {
         }
         let statement = format!("DELETE FROM {} WHERE id = ANY($1::uuid[])", self.table);
         with_retry("delete", ATTEMPTS, || async {
+            let mut tx = self.durable_transaction().await?;
             sqlx::query(&statement)
                 .bind(&ids)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(sql_error)?;
-            Ok(())
+            tx.commit().await.map_err(sql_error)
         })
         .await
     }

@@ -147,7 +147,19 @@ impl QdrantCatalog {
         let interceptor = ApiKey(api_key);
         let mut health = HealthClient::with_interceptor(channel.clone(), interceptor.clone());
         match health.health_check(HealthCheckRequest {}).await {
-            Ok(_) => {}
+            Ok(reply) => {
+                // Collection metadata, which marks freshet's collections, came in 1.16;
+                // an older server would drop it, and freshet would then refuse its own.
+                let version = reply.into_inner().version;
+                if !at_least(&version, (1, 16)) {
+                    return Err(StoreError::Open {
+                        target: target.clone(),
+                        reason: format!(
+                            "Qdrant {version} is too old: freshet needs 1.16 or newer (it marks its collections with collection metadata)"
+                        ),
+                    });
+                }
+            }
             Err(status)
                 if status.code() == Code::Unauthenticated
                     || status.code() == Code::PermissionDenied =>
@@ -431,38 +443,48 @@ impl Catalog for QdrantCatalog {
         self.check_owned(info).await?;
         let aliases = self.aliases().await?;
         let current = aliases.get(self.alias());
-        if current == Some(&info.collection) {
-            return Ok(());
-        }
-        // Refuses an alias or collection of that name that is not freshet's.
-        self.published().await?;
-        let mut actions = Vec::new();
-        if current.is_some() {
+        if current != Some(&info.collection) {
+            // Refuses an alias or collection of that name that is not freshet's.
+            self.published().await?;
+            let mut actions = Vec::new();
+            if current.is_some() {
+                actions.push(AliasOperations {
+                    action: Some(Action::DeleteAlias(DeleteAlias {
+                        alias_name: self.alias().to_string(),
+                    })),
+                });
+            }
             actions.push(AliasOperations {
-                action: Some(Action::DeleteAlias(DeleteAlias {
+                action: Some(Action::CreateAlias(CreateAlias {
+                    collection_name: info.collection.clone(),
                     alias_name: self.alias().to_string(),
                 })),
             });
+            // One call: readers see the old collection or the new one, never neither.
+            let request = ChangeAliases {
+                actions,
+                timeout: None,
+            };
+            with_retry("update aliases", ATTEMPTS, || {
+                let mut client = self.collections.clone();
+                let request = request.clone();
+                async move { client.update_aliases(request).await.map_err(status_error) }
+            })
+            .await?;
+            tracing::info!(alias = %self.alias(), collection = %info.collection, "alias switched");
         }
-        actions.push(AliasOperations {
-            action: Some(Action::CreateAlias(CreateAlias {
-                collection_name: info.collection.clone(),
-                alias_name: self.alias().to_string(),
-            })),
-        });
-        // One call: readers see the old collection or the new one, never neither.
-        let request = ChangeAliases {
-            actions,
-            timeout: None,
-        };
-        with_retry("update aliases", ATTEMPTS, || {
-            let mut client = self.collections.clone();
-            let request = request.clone();
-            async move { client.update_aliases(request).await.map_err(status_error) }
-        })
-        .await?;
-        tracing::info!(alias = %self.alias(), collection = %info.collection, "alias switched");
+        // Also after a switch that stopped before this step.
+        if let Err(err) = self.drop_others(info).await {
+            tracing::warn!(error = %err, "could not drop the collections of previous models; the next publish tries again");
+        }
+        Ok(())
+    }
+}
 
+impl QdrantCatalog {
+    /// Drops freshet's other collections for this alias (previous models), but never one
+    /// that any alias points at: Qdrant deletes a collection's aliases with it.
+    async fn drop_others(&self, info: &IndexInfo) -> Result<(), StoreError> {
         let listed = with_retry("list collections", ATTEMPTS, || {
             let mut client = self.collections.clone();
             async move {
@@ -482,19 +504,34 @@ impl Catalog for QdrantCatalog {
             if self.owned_info(&old.name, marker.as_ref()).is_none() {
                 continue;
             }
+            // Checked right before the delete: another writer may have just aliased it.
+            if self.aliases().await?.values().any(|c| c == &old.name) {
+                tracing::info!(collection = %old.name, "kept: an alias points at it");
+                continue;
+            }
             tracing::info!(collection = %old.name, "dropping the collection of a previous model");
             let request = DeleteCollectionBuilder::new(old.name.clone()).build();
-            let dropped = with_retry("delete collection", ATTEMPTS, || {
+            with_retry("delete collection", ATTEMPTS, || {
                 let mut client = self.collections.clone();
                 let request = request.clone();
                 async move { client.delete(request).await.map_err(status_error) }
             })
-            .await;
-            if let Err(err) = dropped {
-                tracing::warn!(collection = %old.name, error = %err, "could not drop an old collection");
-            }
+            .await?;
         }
         Ok(())
+    }
+}
+
+/// Whether a `major.minor.patch` version is at least `(major, minor)`; an unreadable one
+/// passes (a development build, say), since a missing feature fails visibly later.
+fn at_least(version: &str, wanted: (u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= wanted,
+        _ => true,
     }
 }
 
@@ -817,6 +854,15 @@ mod tests {
         );
         assert_eq!(host_of("http://localhost:6334"), "localhost:6334");
         assert_eq!(host_of("not a url"), "the configured URL");
+    }
+
+    #[test]
+    fn servers_older_than_collection_metadata_are_refused() {
+        assert!(at_least("1.18.3", (1, 16)));
+        assert!(at_least("1.16.0", (1, 16)));
+        assert!(at_least("2.0.0", (1, 16)));
+        assert!(!at_least("1.15.9", (1, 16)));
+        assert!(at_least("dev", (1, 16)));
     }
 
     #[test]
