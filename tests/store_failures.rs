@@ -197,14 +197,17 @@ fn a_pgvector_server_dying_mid_run_is_retried_then_the_run_stops_and_the_next_co
         "[pipeline]\ncommit_batch_chunks = 8\n\n[store]\nkind = \"pgvector\"\nurl_env = \"FRESHET_OWN_PG_URL\"\ntable = \"notes\"\ntimeout_s = 2\n",
     );
     let mut logs = String::new();
+    let spawn_sync = || {
+        freshet(&config, &["-v", "sync"])
+            .env(env[0].0, &env[0].1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
 
     // A short outage: the writes are retried and the run completes.
-    let child = freshet(&config, &["-v", "sync"])
-        .env(env[0].0, &env[0].1)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_sync();
     std::thread::sleep(Duration::from_millis(2500));
     server.stop();
     std::thread::sleep(Duration::from_millis(2000));
@@ -232,12 +235,7 @@ fn a_pgvector_server_dying_mid_run_is_retried_then_the_run_stops_and_the_next_co
         )
         .unwrap();
     }
-    let child = freshet(&config, &["-v", "sync"])
-        .env(env[0].0, &env[0].1)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_sync();
     std::thread::sleep(Duration::from_millis(2500));
     server.stop();
     let out = child.wait_with_output().unwrap();

@@ -343,10 +343,14 @@ impl PgvectorCatalog {
         // A name clash with the view applications query is refused before anything is
         // created.
         self.published().await?;
-        if self.relation(&info.collection).await?.is_none() {
-            self.create(info).await?;
-        }
-        let (_, comment) = self.relation(&info.collection).await?.ok_or_else(|| {
+        let existing = match self.relation(&info.collection).await? {
+            Some(existing) => Some(existing),
+            None => {
+                self.create(info).await?;
+                self.relation(&info.collection).await?
+            }
+        };
+        let (_, comment) = existing.ok_or_else(|| {
             StoreError::Operation(format!(
                 "table {} vanished while opening it",
                 info.collection

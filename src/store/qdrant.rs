@@ -190,18 +190,14 @@ impl QdrantCatalog {
     }
 
     async fn aliases(&self) -> Result<HashMap<String, String>, StoreError> {
-        let response = with_retry("list aliases", ATTEMPTS, || {
-            let mut client = self.collections.clone();
-            async move {
-                client
-                    .list_aliases(ListAliasesRequest {})
-                    .await
-                    .map_err(status_error)
-            }
-        })
+        let response = rpc(
+            "list aliases",
+            &self.collections,
+            ListAliasesRequest {},
+            |mut c, r| async move { c.list_aliases(r).await },
+        )
         .await?;
         Ok(response
-            .into_inner()
             .aliases
             .into_iter()
             .map(|a| (a.alias_name, a.collection_name))
@@ -209,20 +205,16 @@ impl QdrantCatalog {
     }
 
     async fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        let response = with_retry("collection exists", ATTEMPTS, || {
-            let mut client = self.collections.clone();
-            let request = CollectionExistsRequest {
+        let response = rpc(
+            "collection exists",
+            &self.collections,
+            CollectionExistsRequest {
                 collection_name: name.to_string(),
-            };
-            async move {
-                client
-                    .collection_exists(request)
-                    .await
-                    .map_err(status_error)
-            }
-        })
+            },
+            |mut c, r| async move { c.collection_exists(r).await },
+        )
         .await?;
-        Ok(response.into_inner().result.is_some_and(|r| r.exists))
+        Ok(response.result.is_some_and(|r| r.exists))
     }
 
     /// A collection's freshet marker (`None` when it has none) and its vector settings.
@@ -230,15 +222,16 @@ impl QdrantCatalog {
         &self,
         name: &str,
     ) -> Result<(Option<serde_json::Value>, Option<(u64, i32)>), StoreError> {
-        let response = with_retry("collection info", ATTEMPTS, || {
-            let mut client = self.collections.clone();
-            let request = GetCollectionInfoRequest {
+        let response = rpc(
+            "collection info",
+            &self.collections,
+            GetCollectionInfoRequest {
                 collection_name: name.to_string(),
-            };
-            async move { client.get(request).await.map_err(status_error) }
-        })
+            },
+            |mut c, r| async move { c.get(r).await },
+        )
         .await?;
-        let config = response.into_inner().result.and_then(|r| r.config);
+        let config = response.result.and_then(|r| r.config);
         let marker = config
             .as_ref()
             .and_then(|c| c.metadata.get(MARKER).cloned())
@@ -333,11 +326,12 @@ impl QdrantCatalog {
             .on_disk_payload(s.on_disk)
             .metadata(marker)
             .build();
-        let created = with_retry("create collection", ATTEMPTS, || {
-            let mut client = self.collections.clone();
-            let request = request.clone();
-            async move { client.create(request).await.map_err(status_error) }
-        })
+        let created = rpc(
+            "create collection",
+            &self.collections,
+            request,
+            |mut c, r| async move { c.create(r).await },
+        )
         .await;
         match created {
             Ok(_) => {
@@ -349,6 +343,27 @@ impl QdrantCatalog {
             Err(err) => Err(err),
         }
     }
+}
+
+/// One gRPC call with its retries: each attempt calls `call` with a clone of the client
+/// and of the request; the reply's body is returned.
+async fn rpc<C, R, T, F, Fut>(what: &str, client: &C, request: R, call: F) -> Result<T, StoreError>
+where
+    C: Clone,
+    R: Clone,
+    F: Fn(C, R) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    with_retry(what, ATTEMPTS, || {
+        let reply = call(client.clone(), request.clone());
+        async move {
+            reply
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(status_error)
+        }
+    })
+    .await
 }
 
 /// A readable cause for a failed connection, without the URL (which may carry
@@ -413,16 +428,12 @@ impl Catalog for QdrantCatalog {
             )
             .wait(true)
             .build();
-            with_retry("create payload index", ATTEMPTS, || {
-                let mut client = self.points.clone();
-                let request = request.clone();
-                async move {
-                    client
-                        .create_field_index(request)
-                        .await
-                        .map_err(status_error)
-                }
-            })
+            rpc(
+                "create payload index",
+                &self.points,
+                request,
+                |mut c, r| async move { c.create_field_index(r).await },
+            )
             .await?;
         }
         Ok(Arc::new(self.store(info)))
@@ -465,11 +476,12 @@ impl Catalog for QdrantCatalog {
                 actions,
                 timeout: None,
             };
-            with_retry("update aliases", ATTEMPTS, || {
-                let mut client = self.collections.clone();
-                let request = request.clone();
-                async move { client.update_aliases(request).await.map_err(status_error) }
-            })
+            rpc(
+                "update aliases",
+                &self.collections,
+                request,
+                |mut c, r| async move { c.update_aliases(r).await },
+            )
             .await?;
             tracing::info!(alias = %self.alias(), collection = %info.collection, "alias switched");
         }
@@ -485,18 +497,15 @@ impl QdrantCatalog {
     /// Drops freshet's other collections for this alias (previous models), but never one
     /// that any alias points at: Qdrant deletes a collection's aliases with it.
     async fn drop_others(&self, info: &IndexInfo) -> Result<(), StoreError> {
-        let listed = with_retry("list collections", ATTEMPTS, || {
-            let mut client = self.collections.clone();
-            async move {
-                client
-                    .list(ListCollectionsRequest {})
-                    .await
-                    .map_err(status_error)
-            }
-        })
+        let listed = rpc(
+            "list collections",
+            &self.collections,
+            ListCollectionsRequest {},
+            |mut c, r| async move { c.list(r).await },
+        )
         .await?;
         let prefix = format!("{}__", self.alias());
-        for old in listed.into_inner().collections {
+        for old in listed.collections {
             if old.name == info.collection || !old.name.starts_with(&prefix) {
                 continue;
             }
@@ -511,11 +520,12 @@ impl QdrantCatalog {
             }
             tracing::info!(collection = %old.name, "dropping the collection of a previous model");
             let request = DeleteCollectionBuilder::new(old.name.clone()).build();
-            with_retry("delete collection", ATTEMPTS, || {
-                let mut client = self.collections.clone();
-                let request = request.clone();
-                async move { client.delete(request).await.map_err(status_error) }
-            })
+            rpc(
+                "delete collection",
+                &self.collections,
+                request,
+                |mut c, r| async move { c.delete(r).await },
+            )
             .await?;
         }
         Ok(())
@@ -654,10 +664,8 @@ impl QdrantStore {
             .wait(true)
             .ordering(ordering(self.ordering))
             .build();
-        with_retry("upsert", ATTEMPTS, || {
-            let mut client = self.points.clone();
-            let request = request.clone();
-            async move { client.upsert(request).await.map_err(status_error) }
+        rpc("upsert", &self.points, request, |mut c, r| async move {
+            c.upsert(r).await
         })
         .await?;
         Ok(())
@@ -693,10 +701,8 @@ impl VectorStore for QdrantStore {
                 .wait(true)
                 .ordering(ordering(self.ordering))
                 .build();
-            with_retry("delete", ATTEMPTS, || {
-                let mut client = self.points.clone();
-                let request = request.clone();
-                async move { client.delete(request).await.map_err(status_error) }
+            rpc("delete", &self.points, request, |mut c, r| async move {
+                c.delete(r).await
             })
             .await?;
         }
@@ -717,14 +723,11 @@ impl VectorStore for QdrantStore {
             builder = builder.filter(filter);
         }
         let request = builder.build();
-        let response = with_retry("query", ATTEMPTS, || {
-            let mut client = self.points.clone();
-            let request = request.clone();
-            async move { client.query(request).await.map_err(status_error) }
+        let response = rpc("query", &self.points, request, |mut c, r| async move {
+            c.query(r).await
         })
         .await?;
         response
-            .into_inner()
             .result
             .into_iter()
             .map(|p| {
@@ -743,13 +746,11 @@ impl VectorStore for QdrantStore {
             builder = builder.filter(filter);
         }
         let request = builder.build();
-        let response = with_retry("count", ATTEMPTS, || {
-            let mut client = self.points.clone();
-            let request = request.clone();
-            async move { client.count(request).await.map_err(status_error) }
+        let response = rpc("count", &self.points, request, |mut c, r| async move {
+            c.count(r).await
         })
         .await?;
-        Ok(response.into_inner().result.map_or(0, |r| r.count as usize))
+        Ok(response.result.map_or(0, |r| r.count as usize))
     }
 
     async fn scroll(
@@ -770,13 +771,10 @@ impl VectorStore for QdrantStore {
             builder = builder.filter(filter);
         }
         let request = builder.build();
-        let response = with_retry("scroll", ATTEMPTS, || {
-            let mut client = self.points.clone();
-            let request = request.clone();
-            async move { client.scroll(request).await.map_err(status_error) }
+        let response = rpc("scroll", &self.points, request, |mut c, r| async move {
+            c.scroll(r).await
         })
-        .await?
-        .into_inner();
+        .await?;
         let points = response
             .result
             .into_iter()
