@@ -108,7 +108,8 @@ impl FolderSource {
     }
 
     /// The walk itself, on a blocking thread: sends every wanted regular file under
-    /// `scopes` (everything when `None`). Errors when part of the tree could not be read.
+    /// `scopes` (everything when `None`) whose key lies in `cx.partition` (if any).
+    /// Errors when part of the tree could not be read.
     pub(crate) fn walk_blocking(
         &self,
         root: &Path,
@@ -154,7 +155,8 @@ impl FolderSource {
                 warn!(source = %self.id, path = %entry.path().display(), "skipping a path that is not valid UTF-8");
                 continue;
             };
-            if !self.wanted(&key) {
+            // Another partition's document: skipped before any stat or read.
+            if !self.wanted(&key) || !cx.wants(&key) {
                 continue;
             }
             if file_type.is_symlink() {
@@ -523,6 +525,7 @@ mod tests {
             cancel: Default::default(),
             follow: false,
             cursor: Default::default(),
+            partition: None,
         };
         let scopes = ScopeFilter::new(["a".into(), "c.md".into(), "gone.md".into()]);
         source.walk(root, Some(Arc::new(scopes)), cx).await.unwrap();
@@ -531,6 +534,92 @@ mod tests {
             keys.push(doc.key);
         }
         assert_eq!(keys, ["a/x.md", "c.md"]);
+    }
+
+    /// 50 files in nested directories, some with spaces, `%` and non-ASCII names.
+    fn partition_tree() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let mut keys = Vec::new();
+        for n in 0..50 {
+            let key = match n % 5 {
+                0 => format!("doc-{n}.md"),
+                1 => format!("a/notes {n}.txt"),
+                2 => format!("a/b/{n}%.md"),
+                3 => format!("été/日本-{n}.md"),
+                _ => format!("c/d/e/f{n}.md"),
+            };
+            let path = root.join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!("text {n}")).unwrap();
+            keys.push(key);
+        }
+        keys.sort();
+        (dir, root, keys)
+    }
+
+    #[tokio::test]
+    async fn partitions_of_a_folder_are_disjoint_and_cover_every_file() {
+        let (_dir, root, keys) = partition_tree();
+        let all = crate::testing::scan(folder(&root)).await.unwrap();
+        assert_eq!(all.keys().cloned().collect::<Vec<_>>(), keys);
+        let mut union = BTreeSet::new();
+        for index in 0..3 {
+            let partition = crate::Partition::new(index, 3);
+            // (`scan_partition` also checks every key lies in the partition.)
+            let part = crate::testing::scan_partition(folder(&root), partition)
+                .await
+                .unwrap();
+            assert!(!part.is_empty() && part.len() < keys.len(), "{part:?}");
+            for key in part.keys() {
+                assert!(partition.contains(key), "{key} not in {partition}");
+                assert!(union.insert(key.clone()), "{key} in two partitions");
+            }
+        }
+        assert_eq!(union.into_iter().collect::<Vec<_>>(), keys);
+    }
+
+    #[tokio::test]
+    async fn a_partial_walk_of_a_partition_reports_only_its_keys_in_scope() {
+        let (_dir, root, keys) = partition_tree();
+        let source = Arc::new(FolderSource::new("t", &root, Default::default()).unwrap());
+        let partition = crate::Partition::new(1, 3);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let cx = SourceContext {
+            changes: tx,
+            cancel: Default::default(),
+            follow: false,
+            cursor: Default::default(),
+            partition: Some(partition),
+        };
+        let scopes = ScopeFilter::new(["a".into(), "été".into(), "doc-0.md".into()]);
+        source.walk(root, Some(Arc::new(scopes)), cx).await.unwrap();
+        let mut reported = Vec::new();
+        while let Some(change) = rx.recv().await {
+            match change {
+                Change::Upsert(doc) => reported.push(doc.key),
+                other => panic!("a walk sent {other:?}"),
+            }
+        }
+        reported.sort();
+        let in_scope: Vec<&String> = keys
+            .iter()
+            .filter(|k| {
+                ["a", "été", "doc-0.md"]
+                    .iter()
+                    .any(|s| crate::in_scope(s, k))
+            })
+            .collect();
+        let expected: Vec<&String> = in_scope
+            .iter()
+            .copied()
+            .filter(|k| partition.contains(k))
+            .collect();
+        assert!(
+            !expected.is_empty() && expected.len() < in_scope.len(),
+            "the fixture should put some keys in scope on each side: {expected:?}"
+        );
+        assert_eq!(reported.iter().collect::<Vec<_>>(), expected);
     }
 
     #[test]

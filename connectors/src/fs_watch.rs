@@ -6,7 +6,9 @@
 //! has been quiet for the debounce window, in a scan ending in `ScopeComplete` that covers
 //! it; an event-queue overflow, a watcher error, an explicit request or the periodic
 //! safety net ends in a full scan and `ScanComplete`; a scan that cannot finish ends in
-//! `ScanAborted` and the watch is set up again.
+//! `ScanAborted` and the watch is set up again. With a partition (`cx.partition`), every
+//! scan, full or partial, reports only the partition's documents, and its marker vouches
+//! for those only.
 //!
 //! Debouncing is by path only, never by interpreting event sequences: semantic debouncers
 //! (notify-debouncer-full) fold "created, then removed" into nothing, which loses the

@@ -11,6 +11,7 @@
 
 pub mod fs;
 mod fs_watch;
+pub mod partition;
 pub mod sql;
 pub mod testing;
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use fs::{content_hash, FolderSource, FolderSourceOptions, ReadError};
 pub use fs_watch::{WatchControl, WatchSettings};
+pub use partition::Partition;
 pub use sql::{Checks, OnViolation, SqlSource, SqlSourceOptions};
 
 /// A document's identity inside one source, stable across runs (for folders: the path
@@ -141,6 +143,10 @@ pub struct SourceContext {
     /// The position the last completed scan reached (see [`Change::Cursor`]); `None`
     /// means "scan everything". The consumer updates it after each completed round.
     pub cursor: Arc<Mutex<Option<String>>>,
+    /// The share of the source's documents this scan covers (a work unit that is one
+    /// partition of the source); `None`: every document. A source should read only the
+    /// partition's documents where it can; the consumer ignores any others it sends.
+    pub partition: Option<Partition>,
 }
 
 impl SourceContext {
@@ -150,6 +156,11 @@ impl SourceContext {
     /// The committed cursor, if any.
     pub fn committed_cursor(&self) -> Option<String> {
         self.cursor.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Whether the document with this key belongs to the scan's partition.
+    pub fn wants(&self, key: &str) -> bool {
+        self.partition.is_none_or(|p| p.contains(key))
     }
 
     pub async fn send(&self, change: Change) -> Result<(), SourceError> {

@@ -20,7 +20,8 @@ use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row};
 use tracing::{debug, warn};
 
 use crate::{
-    content_hash, Change, CheckReport, DocContent, RawDoc, Source, SourceContext, SourceError,
+    content_hash, Change, CheckReport, DocContent, Partition, RawDoc, Source, SourceContext,
+    SourceError,
 };
 
 /// Violations a check report lists one by one (all are counted).
@@ -65,6 +66,39 @@ impl Dialect {
         match self {
             Self::MySql => format!("CAST({expression} AS CHAR)"),
             Self::Postgres | Self::Sqlite => format!("CAST({expression} AS TEXT)"),
+        }
+    }
+
+    /// A row's document key in SQL: what [`doc_key`] makes of the key columns as
+    /// [`Self::as_text`] renders them (`%` -> `%25`, then `/` -> `%2F`, joined by `/`).
+    fn key_expr(self, key: &[String]) -> String {
+        let parts: Vec<String> = key
+            .iter()
+            .map(|column| {
+                format!(
+                    "REPLACE(REPLACE({}, '%', '%25'), '/', '%2F')",
+                    self.as_text(&format!("q.{}", self.quote(column)))
+                )
+            })
+            .collect();
+        match self {
+            Self::MySql => format!("CONCAT({})", parts.join(", '/', ")),
+            Self::Postgres | Self::Sqlite => parts.join(" || '/' || "),
+        }
+    }
+
+    /// [`Partition::key_hash`] of a key expression in SQL (the first 60 bits of the MD5
+    /// of its UTF-8 bytes, whatever the database's or the connection's encoding); `None`
+    /// where the database has no MD5 (SQLite).
+    fn key_hash(self, key: &str) -> Option<String> {
+        match self {
+            Self::Postgres => Some(format!(
+                "('x' || substr(md5(convert_to({key}, 'UTF8')), 1, 15))::bit(60)::bigint"
+            )),
+            Self::MySql => Some(format!(
+                "CAST(CONV(SUBSTRING(MD5(CONVERT({key} USING utf8mb4)), 1, 15), 16, 10) AS UNSIGNED)"
+            )),
+            Self::Sqlite => None,
         }
     }
 
@@ -243,10 +277,14 @@ impl SqlSource {
         }
     }
 
-    /// `WHERE` conditions: live rows only, and (with a cursor) rows changed since it.
-    fn conditions(&self, cursor: Option<&str>) -> String {
+    /// `WHERE` conditions: live rows only, (with a cursor) rows changed since it, and
+    /// (with a partition) the partition's rows, where the database can hash keys.
+    fn conditions(&self, cursor: Option<&str>, partition: Option<Partition>) -> String {
         let d = self.dialect;
         let mut conditions = Vec::new();
+        if let Some(partition) = partition.filter(|p| p.count > 1) {
+            conditions.extend(self.partition_condition(partition));
+        }
         if let Some(column) = &self.options.soft_delete_column {
             conditions.push(format!(
                 "COALESCE(LOWER({}), '') IN ('', '0', 'f', 'false')",
@@ -267,8 +305,34 @@ impl SqlSource {
         }
     }
 
+    /// The partition's rows, by the hash of their document key: `hash >= lo AND hash <
+    /// hi`. A row with a NULL key column has no key: it counts as hash 0 (partition 0), so
+    /// the `not_null` check still sees it in exactly one partition. `None` for SQLite,
+    /// which has no MD5: see [`SqlSource::filtered_here`].
+    fn partition_condition(&self, partition: Partition) -> Option<String> {
+        let d = self.dialect;
+        let hash = d.key_hash(&d.key_expr(&self.options.key))?;
+        let (lo, hi) = partition.hash_range();
+        let hash = if lo == 0 {
+            format!("COALESCE({hash}, 0)")
+        } else {
+            hash
+        };
+        Some(format!("{hash} >= {lo} AND {hash} < {hi}"))
+    }
+
+    /// The partition this source must pick its rows from itself, after reading them:
+    /// SQLite has no MD5 function (and a reader cannot count on loadable extensions), so
+    /// a partitioned SQLite scan reads every row and drops other partitions' rows before
+    /// the checks count them; its cursor maximum stays the whole table's (a later
+    /// position than the partition's own, still correct). PostgreSQL and MySQL filter in
+    /// SQL (`None` here).
+    fn filtered_here(&self, partition: Option<Partition>) -> Option<Partition> {
+        partition.filter(|p| p.count > 1 && self.dialect == Dialect::Sqlite)
+    }
+
     /// The scan's SELECT: every needed column as text.
-    fn select(&self, cursor: Option<&str>) -> String {
+    fn select(&self, cursor: Option<&str>, partition: Option<Partition>) -> String {
         let d = self.dialect;
         let columns: Vec<String> = self
             .columns()
@@ -285,12 +349,12 @@ impl SqlSource {
             "SELECT {} FROM {} AS q{}",
             columns.join(", "),
             self.from(),
-            self.conditions(cursor)
+            self.conditions(cursor, partition)
         )
     }
 
     /// Every live key (cursor mode: to tell unchanged rows from deleted ones).
-    fn select_keys(&self) -> String {
+    fn select_keys(&self, partition: Option<Partition>) -> String {
         let d = self.dialect;
         let columns: Vec<String> = self
             .options
@@ -302,23 +366,24 @@ impl SqlSource {
             "SELECT {} FROM {} AS q{}",
             columns.join(", "),
             self.from(),
-            self.conditions(None)
+            self.conditions(None, partition)
         )
     }
 
     /// Ties a stored cursor to what it was computed over: another query or cursor column
-    /// makes it meaningless.
-    fn cursor_scope(&self) -> String {
-        content_hash(
-            format!(
-                "{}\u{1f}{:?}\u{1f}{:?}",
-                self.from(),
-                self.options.cursor_column,
-                self.options.soft_delete_column
-            )
-            .as_bytes(),
-        )[..16]
-            .to_string()
+    /// makes it meaningless, and so does another partition (its maximum was taken over
+    /// other rows). An unpartitioned scan's scope is what it always was.
+    fn cursor_scope(&self, partition: Option<Partition>) -> String {
+        let mut scope = format!(
+            "{}\u{1f}{:?}\u{1f}{:?}",
+            self.from(),
+            self.options.cursor_column,
+            self.options.soft_delete_column
+        );
+        if let Some(partition) = partition.filter(|p| p.count > 1) {
+            scope.push_str(&format!("\u{1f}partition {partition}"));
+        }
+        content_hash(scope.as_bytes())[..16].to_string()
     }
 
     fn scan_failed(&self, what: &str, err: impl std::fmt::Display) -> SourceError {
@@ -401,9 +466,12 @@ impl SqlSource {
 
     /// One full scan. With a cursor, rows changed since it are read in full and every
     /// other live key is reported unchanged; without one, every row is read.
+    /// With `cx.partition`, only the partition's rows are read (and checked).
     async fn scan(&self, pool: &AnyPool, cx: &SourceContext) -> Result<(), SourceError> {
         self.check_schema().await?;
-        let scope = self.cursor_scope();
+        let partition = cx.partition;
+        let here = self.filtered_here(partition);
+        let scope = self.cursor_scope(partition);
         let cursor = match (&self.options.cursor_column, cx.committed_cursor()) {
             (Some(_), Some(stored)) => stored
                 .split_once('|')
@@ -420,7 +488,7 @@ impl SqlSource {
                     "SELECT {} FROM {} AS q{}",
                     d.as_text(&format!("MAX(q.{})", d.quote(column))),
                     self.from(),
-                    self.conditions(None)
+                    self.conditions(None, partition)
                 );
                 let row = sqlx::query(&sql)
                     .fetch_one(pool)
@@ -433,11 +501,11 @@ impl SqlSource {
 
         let mut checker = Checker::new(self);
         let all_keys = if cursor.is_some() {
-            Some(self.live_keys(pool, &mut checker).await?)
+            Some(self.live_keys(pool, &mut checker, partition).await?)
         } else {
             None
         };
-        let sql = self.select(cursor.as_deref());
+        let sql = self.select(cursor.as_deref(), partition);
         debug!(source = %self.id, sql = %sql, "scanning");
         if self.options.checks.on_violation == OnViolation::Fail && checker.has_row_rules() {
             // A dry pass first: in `fail` mode not one row of a bad scan is sent.
@@ -448,6 +516,9 @@ impl SqlSource {
                 .map_err(|e| self.scan_failed("the query failed", e))?
             {
                 let values = self.values(&row);
+                if here.is_some_and(|p| !in_partition(p, self.key_of(&values).as_deref())) {
+                    continue;
+                }
                 let empty = self.template.render(&|c| self.value(&values, c)).is_empty();
                 checker.check_row(self, &values, empty, all_keys.is_none());
             }
@@ -479,6 +550,9 @@ impl SqlSource {
             .map_err(|e| self.scan_failed("the query failed", e))?
         {
             let values = self.values(&row);
+            if here.is_some_and(|p| !in_partition(p, self.key_of(&values).as_deref())) {
+                continue;
+            }
             let text = self.template.render(&|c| self.value(&values, c));
             let problems = checker.check_row(self, &values, text.is_empty(), all_keys.is_none());
             let Some(key) = self.key_of(&values) else {
@@ -546,14 +620,17 @@ impl SqlSource {
         Ok(())
     }
 
-    /// Every live key, checking uniqueness and non-null keys over the whole table.
+    /// Every live key (of the partition), checking uniqueness and non-null keys over the
+    /// whole table (partition).
     async fn live_keys(
         &self,
         pool: &AnyPool,
         checker: &mut Checker,
+        partition: Option<Partition>,
     ) -> Result<BTreeSet<String>, SourceError> {
+        let here = self.filtered_here(partition);
         let mut keys = BTreeSet::new();
-        let sql = self.select_keys();
+        let sql = self.select_keys(partition);
         let mut rows = sqlx::query(&sql).fetch(pool);
         while let Some(row) = rows
             .try_next()
@@ -563,15 +640,22 @@ impl SqlSource {
             let values: Vec<Option<String>> = (0..self.options.key.len())
                 .map(|i| text_value(&row, i))
                 .collect();
+            let key = values
+                .iter()
+                .map(|v| v.as_deref())
+                .collect::<Option<Vec<&str>>>()
+                .map(|parts| doc_key(parts.into_iter()));
+            if here.is_some_and(|p| !in_partition(p, key.as_deref())) {
+                continue;
+            }
             checker.rows += 1;
-            if values.iter().any(Option::is_none) {
+            let Some(key) = key else {
                 checker.violation(format!(
                     "not_null: a key column ({}) is NULL",
                     self.options.key.join(", ")
                 ));
                 continue;
-            }
-            let key = doc_key(values.iter().map(|v| v.as_deref().unwrap_or_default()));
+            };
             if !keys.insert(key.clone()) && self.options.checks.unique_key {
                 checker.violation(format!("unique_key: key {key} appears more than once"));
             }
@@ -970,6 +1054,12 @@ fn text_value(row: &sqlx::any::AnyRow, index: usize) -> Option<String> {
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Whether a row with this document key (`None`: a NULL key column) lies in the
+/// partition; keyless rows go to partition 0, as in [`SqlSource::partition_condition`].
+fn in_partition(partition: Partition, key: Option<&str>) -> bool {
+    key.map_or(partition.index == 0, |key| partition.contains(key))
+}
+
 /// Key values joined by `/`, each with `%` and `/` escaped so keys never collide.
 fn doc_key<'a>(values: impl Iterator<Item = &'a str>) -> String {
     values
@@ -1129,7 +1219,7 @@ mod tests {
         };
         let mysql = SqlSource::new("p", options.clone()).unwrap();
         assert_eq!(
-            mysql.select(None),
+            mysql.select(None, None),
             "SELECT CAST(q.`id` AS CHAR) AS `id`, CAST(q.`name` AS CHAR) AS `name`, CAST(q.`description` AS CHAR) AS `description`, CAST(q.`tenant` AS CHAR) AS `tenant` FROM `shop`.`product` AS q"
         );
         let pg = SqlSource::new(
@@ -1143,7 +1233,7 @@ mod tests {
         )
         .unwrap();
         assert!(pg
-            .select(None)
+            .select(None, None)
             .ends_with("FROM (SELECT * FROM a JOIN b USING (id)) AS q"));
         assert_eq!(
             redact(
@@ -1152,5 +1242,427 @@ mod tests {
             ),
             "error at <url>: <password>"
         );
+    }
+
+    // Against the machine's servers (as the workspace's tests/sql_sources.rs: `.ci/run`
+    // starts them) and a SQLite file.
+    const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+    const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+    fn unique(prefix: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!("{prefix}_{}_{nanos}", std::process::id())
+    }
+
+    async fn connect(url: &str) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("cannot reach {url} (run .ci/run, which starts it): {err}")
+            })
+    }
+
+    async fn exec(pool: &AnyPool, sql: &str) {
+        sqlx::query(sql)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    }
+
+    fn sqlite_url(dir: &tempfile::TempDir) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("partitions.db").display()
+        )
+    }
+
+    /// Key values that need escaping or are not ASCII: `(name, n)`.
+    const TRICKY: [(&str, i64); 9] = [
+        ("plain", 1),
+        ("a/b", 7),
+        ("100%", 0),
+        ("%2F", -3),
+        ("é", 42),
+        ("日本語/テキスト", 5),
+        ("with space", 12345678901),
+        ("50%/x y é", 9),
+        ("", 2),
+    ];
+
+    /// The database computes each row's key and its hash; both match what the source and
+    /// [`Partition::key_hash`] compute from the key columns' text.
+    async fn sql_key_hash_matches_rust(url: &str) {
+        let pool = connect(url).await;
+        let source = source_for(url, "unused", None);
+        let d = source.dialect;
+        let table = unique("freshet_keyhash");
+        exec(
+            &pool,
+            &format!("CREATE TABLE {table} (name VARCHAR(100), n BIGINT)"),
+        )
+        .await;
+        let rows: Vec<String> = TRICKY
+            .iter()
+            .map(|(name, n)| format!("('{name}', {n})"))
+            .collect();
+        exec(
+            &pool,
+            &format!("INSERT INTO {table} (name, n) VALUES {}", rows.join(", ")),
+        )
+        .await;
+        let key_sets: [&[&str]; 4] = [&["name", "n"], &["n", "name"], &["name"], &["n"]];
+        let mut expected_keys = BTreeSet::new();
+        for key in key_sets {
+            let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+            let key_expr = d.key_expr(&key);
+            let hash = d.key_hash(&key_expr).unwrap();
+            let text: Vec<String> = key
+                .iter()
+                .map(|k| d.as_text(&format!("q.{}", d.quote(k))))
+                .collect();
+            let sql = format!(
+                "SELECT {key_expr}, {}, {} FROM {table} AS q",
+                d.as_text(&hash),
+                text.join(", ")
+            );
+            let found = sqlx::query(&sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|err| panic!("{sql}: {err}"));
+            assert_eq!(found.len(), TRICKY.len());
+            for row in found {
+                let sql_key = text_value(&row, 0).unwrap();
+                let sql_hash: i64 = text_value(&row, 1).unwrap().parse().unwrap();
+                let values: Vec<String> = (0..key.len())
+                    .map(|i| text_value(&row, 2 + i).unwrap())
+                    .collect();
+                let rust_key = doc_key(values.iter().map(String::as_str));
+                assert_eq!(sql_key, rust_key, "{url}");
+                assert_eq!(
+                    sql_hash,
+                    Partition::key_hash(&rust_key),
+                    "{url}: {rust_key:?}"
+                );
+                expected_keys.insert(sql_key);
+            }
+        }
+        for key in [
+            "a%2Fb/7",
+            "100%25/0",
+            "%252F/-3",
+            "日本語%2Fテキスト",
+            "50%25%2Fx y é/9",
+            "with space",
+            "/2",
+            "12345678901",
+        ] {
+            assert!(
+                expected_keys.contains(key),
+                "{url}: no key {key:?} in {expected_keys:?}"
+            );
+        }
+        exec(&pool, &format!("DROP TABLE {table}")).await;
+        pool.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_key_hash_in_sql_equals_partition_key_hash() {
+        sql_key_hash_matches_rust(POSTGRES_URL).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb_key_hash_in_sql_equals_partition_key_hash() {
+        sql_key_hash_matches_rust(MARIADB_URL).await;
+    }
+
+    #[test]
+    fn the_partition_condition_is_in_every_query_of_a_scan() {
+        let pg = source_for("postgres://h/db", "t", Some("updated_at"));
+        let p = Partition::new(1, 4);
+        let (lo, hi) = p.hash_range();
+        let hash = "('x' || substr(md5(convert_to(REPLACE(REPLACE(CAST(q.\"id\" AS TEXT), '%', '%25'), '/', '%2F') || '/' || REPLACE(REPLACE(CAST(q.\"tag\" AS TEXT), '%', '%25'), '/', '%2F'), 'UTF8')), 1, 15))::bit(60)::bigint";
+        let condition = format!("{hash} >= {lo} AND {hash} < {hi}");
+        assert!(pg
+            .select(None, Some(p))
+            .ends_with(&format!(" WHERE {condition}")));
+        assert!(pg.select(Some("2020-01-01"), Some(p)).contains(&condition));
+        assert!(pg.select_keys(Some(p)).ends_with(&condition));
+        assert!(pg.conditions(None, Some(p)).contains(&condition));
+        // Partition 0 also holds rows with a NULL key column (so checks see them).
+        assert!(pg
+            .conditions(None, Some(Partition::new(0, 4)))
+            .contains(&format!("COALESCE({hash}, 0) >= 0 AND")));
+        // One partition of one: no hashing at all.
+        assert_eq!(pg.conditions(None, Some(Partition::new(0, 1))), "");
+        assert_eq!(
+            pg.cursor_scope(Some(Partition::new(0, 1))),
+            pg.cursor_scope(None)
+        );
+        assert_ne!(pg.cursor_scope(Some(p)), pg.cursor_scope(None));
+        let mysql = source_for("mysql://h/db", "t", None);
+        assert!(mysql.select(None, Some(p)).contains(&format!(
+            "CAST(CONV(SUBSTRING(MD5(CONVERT(CONCAT(REPLACE(REPLACE(CAST(q.`id` AS CHAR), '%', '%25'), '/', '%2F'), '/', REPLACE(REPLACE(CAST(q.`tag` AS CHAR), '%', '%25'), '/', '%2F')) USING utf8mb4)), 1, 15), 16, 10) AS UNSIGNED) < {hi}"
+        )));
+        // SQLite cannot hash: it filters rows itself.
+        let sqlite = source_for("sqlite://x.db", "t", None);
+        assert_eq!(sqlite.select(None, Some(p)), sqlite.select(None, None));
+        assert_eq!(sqlite.filtered_here(Some(p)), Some(p));
+        assert_eq!(pg.filtered_here(Some(p)), None);
+    }
+
+    fn options_for(url: &str, table: &str, cursor_column: Option<&str>) -> SqlSourceOptions {
+        SqlSourceOptions {
+            url: url.into(),
+            url_origin: "test".into(),
+            table: Some(table.into()),
+            query: None,
+            key: vec!["id".into(), "tag".into()],
+            text: "{body}".into(),
+            metadata: vec![],
+            cursor_column: cursor_column.map(str::to_string),
+            cursor_overlap: Duration::ZERO,
+            soft_delete_column: None,
+            checks: Checks::default(),
+            poll_interval: Duration::from_secs(30),
+            notify_channel: None,
+        }
+    }
+
+    fn source_for(url: &str, table: &str, cursor_column: Option<&str>) -> SqlSource {
+        SqlSource::new("rows", options_for(url, table, cursor_column)).unwrap()
+    }
+
+    /// Tags that need escaping or are not ASCII, so SQL and Rust keys must agree.
+    const TAGS: [&str; 6] = ["plain", "a/b", "50%", "é", "日本", "x y"];
+
+    /// A table of 200 rows keyed by `(id, tag)`, each changed at its own time.
+    async fn partition_table(url: &str, timestamp: &str) -> String {
+        let pool = connect(url).await;
+        let table = unique("freshet_part");
+        exec(
+            &pool,
+            &format!("CREATE TABLE {table} (id INTEGER NOT NULL, tag VARCHAR(20) NOT NULL, body VARCHAR(200), updated_at {timestamp}, PRIMARY KEY (id, tag))"),
+        )
+        .await;
+        let rows: Vec<String> = (0..200)
+            .map(|i| {
+                format!(
+                    "({i}, '{}', 'row {i}', '2020-01-01 {:02}:{:02}:00')",
+                    TAGS[i % TAGS.len()],
+                    i / 60,
+                    i % 60
+                )
+            })
+            .collect();
+        exec(
+            &pool,
+            &format!(
+                "INSERT INTO {table} (id, tag, body, updated_at) VALUES {}",
+                rows.join(", ")
+            ),
+        )
+        .await;
+        pool.close().await;
+        table
+    }
+
+    /// What one scan of a partition reported, with a committed cursor.
+    #[derive(Debug, Default)]
+    struct Scanned {
+        read: BTreeSet<String>,
+        unchanged: BTreeSet<String>,
+        cursor: Option<String>,
+    }
+
+    async fn scan_with_cursor(
+        source: SqlSource,
+        partition: Partition,
+        cursor: Option<String>,
+    ) -> Scanned {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let cx = SourceContext {
+            changes: tx,
+            cancel: Default::default(),
+            follow: false,
+            cursor: std::sync::Arc::new(std::sync::Mutex::new(cursor)),
+            partition: Some(partition),
+        };
+        let run = tokio::spawn(Box::new(source).run(cx));
+        let mut scanned = Scanned::default();
+        let mut complete = false;
+        while let Some(change) = rx.recv().await {
+            assert!(!complete, "{change:?} after ScanComplete");
+            match change {
+                Change::Upsert(doc) => assert!(scanned.read.insert(doc.key)),
+                Change::Unchanged(key) => assert!(scanned.unchanged.insert(key)),
+                Change::Cursor(cursor) => scanned.cursor = Some(cursor),
+                Change::Checked(report) => assert_eq!(report.outcome, "passed", "{report:?}"),
+                Change::ScanComplete => complete = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        run.await.unwrap().unwrap();
+        assert!(complete);
+        assert!(scanned.read.is_disjoint(&scanned.unchanged));
+        scanned
+    }
+
+    /// Partitions 0..n of n read disjoint key sets whose union is the whole table, each
+    /// key in its partition; with a cursor too (the rows changed since it are read, the
+    /// rest of the partition's keys reported unchanged).
+    async fn partitions_split_the_table(url: &str, timestamp: &str) {
+        let in_sql = Dialect::from_url(url) != Some(Dialect::Sqlite);
+        let table = partition_table(url, timestamp).await;
+        let all = crate::testing::scan(Box::new(source_for(url, &table, None)))
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 200, "{url}");
+        assert!(
+            all.contains_key("1/a%2Fb") && all.contains_key("2/50%25"),
+            "{url}"
+        );
+        for count in [4, 3] {
+            let mut union = BTreeMap::new();
+            for index in 0..count {
+                let partition = Partition::new(index, count);
+                let source = Box::new(source_for(url, &table, None));
+                // (`scan_partition` also checks every key lies in the partition.)
+                let part = crate::testing::scan_partition(source, partition)
+                    .await
+                    .unwrap();
+                assert!(
+                    !part.is_empty() && part.len() < 100,
+                    "{url} {partition}: {}",
+                    part.len()
+                );
+                for (key, version) in part {
+                    assert!(partition.contains(&key), "{url}: {key} not in {partition}");
+                    assert!(
+                        union.insert(key.clone(), version).is_none(),
+                        "{url}: {key} twice"
+                    );
+                }
+            }
+            assert_eq!(union, all, "{url}: partitions of {count}");
+        }
+
+        // Cursor mode: the live keys and MAX(cursor) are the partition's too.
+        let mut union = BTreeSet::new();
+        for index in 0..3 {
+            let partition = Partition::new(index, 3);
+            let make = || source_for(url, &table, Some("updated_at"));
+            let first = scan_with_cursor(make(), partition, None).await;
+            assert!(first.unchanged.is_empty());
+            let cursor = first.cursor.clone().expect("a cursor");
+            let second = scan_with_cursor(make(), partition, Some(cursor.clone())).await;
+            let keys: BTreeSet<String> = second.read.union(&second.unchanged).cloned().collect();
+            assert_eq!(keys, first.read, "{url} {partition}");
+            assert_eq!(second.cursor, Some(cursor), "{url}");
+            if in_sql {
+                // The partition's own maximum: only its newest row is read again.
+                let newest = keys
+                    .iter()
+                    .map(|k| k.split('/').next().unwrap().parse::<u32>().unwrap())
+                    .max()
+                    .unwrap();
+                assert_eq!(second.read.len(), 1, "{url} {partition}: {second:?}");
+                assert!(
+                    second
+                        .read
+                        .iter()
+                        .all(|k| k.starts_with(&format!("{newest}/"))),
+                    "{url} {partition}: {second:?}"
+                );
+            } else {
+                // SQLite's maximum is the table's (its rows are filtered after reading):
+                // at most the table's newest row is read again.
+                assert!(second.read.len() <= 1, "{url} {partition}: {second:?}");
+                assert!(
+                    second.read.iter().all(|k| k.starts_with("199/")),
+                    "{second:?}"
+                );
+            }
+            for key in keys {
+                assert!(partition.contains(&key));
+                assert!(union.insert(key), "{url}");
+            }
+        }
+        assert_eq!(
+            union.into_iter().collect::<Vec<_>>(),
+            all.into_keys().collect::<Vec<_>>()
+        );
+
+        let pool = connect(url).await;
+        exec(&pool, &format!("DROP TABLE {table}")).await;
+        pool.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_partitions_split_the_table() {
+        partitions_split_the_table(POSTGRES_URL, "TIMESTAMPTZ").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb_partitions_split_the_table() {
+        partitions_split_the_table(MARIADB_URL, "DATETIME(6)").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_partitions_split_the_table_client_side() {
+        let dir = tempfile::tempdir().unwrap();
+        partitions_split_the_table(&sqlite_url(&dir), "TEXT").await;
+    }
+
+    /// A NULL key column fails the checks of exactly one partition (partition 0), in SQL
+    /// and in SQLite's own filtering alike.
+    async fn a_null_key_fails_partition_zero_only(url: &str) {
+        let table = partition_table(url, "TEXT").await;
+        let pool = connect(url).await;
+        exec(
+            &pool,
+            &format!("ALTER TABLE {table} ADD COLUMN tag2 VARCHAR(20)"),
+        )
+        .await;
+        exec(
+            &pool,
+            &format!("UPDATE {table} SET tag2 = tag WHERE id <> 7"),
+        )
+        .await;
+        pool.close().await;
+        let make = || {
+            let options = SqlSourceOptions {
+                key: vec!["id".into(), "tag2".into()],
+                ..options_for(url, &table, None)
+            };
+            Box::new(SqlSource::new("rows", options).unwrap())
+        };
+        let mut failed = Vec::new();
+        for index in 0..3 {
+            match crate::testing::scan_partition(make(), Partition::new(index, 3)).await {
+                Ok(_) => {}
+                Err(err) => {
+                    assert!(err.to_string().contains("not_null"), "{url}: {err}");
+                    failed.push(index);
+                }
+            }
+        }
+        assert_eq!(failed, [0], "{url}");
+        let pool = connect(url).await;
+        exec(&pool, &format!("DROP TABLE {table}")).await;
+        pool.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_null_key_fails_the_checks_of_partition_zero_only() {
+        a_null_key_fails_partition_zero_only(POSTGRES_URL).await;
+        a_null_key_fails_partition_zero_only(MARIADB_URL).await;
+        let dir = tempfile::tempdir().unwrap();
+        a_null_key_fails_partition_zero_only(&sqlite_url(&dir)).await;
     }
 }
