@@ -670,6 +670,7 @@ fn pipeline_sync(
             exclude: vec![],
             respect_gitignore: true,
             include_hidden: false,
+            partitions: 1,
         })],
         embedding: embedding_config(threads),
         ..Config::default()

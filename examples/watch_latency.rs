@@ -136,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             exclude: vec![],
             respect_gitignore: true,
             include_hidden: false,
+            partitions: 1,
         })],
         ..Config::default()
     };

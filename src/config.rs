@@ -33,6 +33,50 @@ pub struct Config {
     /// PostgreSQL with pgvector.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Where the change-tracking ledger lives: SQLite in the data directory (default),
+    /// or PostgreSQL shared by several workers.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+/// The ledger. Without `url_env` it is a SQLite file in the data directory and one
+/// process at a time writes through it. With `url_env` it is a PostgreSQL schema shared
+/// by workers on any number of hosts: each source (or each partition of one) is a work
+/// unit that one worker at a time holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Name of the environment variable holding the PostgreSQL URL of a shared ledger
+    /// (e.g. `"FRESHET_LEDGER_URL"`). The URL is a secret: never written in the config,
+    /// logged or reported.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The ledger's schema (created if missing). It may share a database with pgvector's
+    /// tables.
+    #[serde(default = "default_ledger_schema")]
+    pub schema: String,
+    /// Seconds after which a unit held by a worker that died or stalled (kill -9, a lost
+    /// network, a paused process) is taken over by another worker.
+    #[serde(default = "default_lease_takeover_s")]
+    pub lease_takeover_s: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            url_env: None,
+            schema: default_ledger_schema(),
+            lease_takeover_s: default_lease_takeover_s(),
+        }
+    }
+}
+
+fn default_ledger_schema() -> String {
+    "freshet".into()
+}
+
+const fn default_lease_takeover_s() -> u64 {
+    10
 }
 
 /// The vector store. Every kind keeps the same guarantees: the ledger never vouches for
@@ -315,6 +359,12 @@ pub struct SqlConfig {
     /// Data-quality checks run on every scan before anything is written.
     #[serde(default)]
     pub checks: SqlChecksConfig,
+    /// Split the source into this many work units by a stable hash of the row key, so
+    /// that several workers sharing a PostgreSQL ledger index it together. Each unit's
+    /// scan reads only its rows (the hash is computed in SQL on PostgreSQL and MySQL).
+    /// Changing it re-indexes nothing.
+    #[serde(default = "one")]
+    pub partitions: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -411,6 +461,10 @@ pub struct FolderConfig {
     /// Also index hidden files and directories (names starting with `.`).
     #[serde(default)]
     pub include_hidden: bool,
+    /// Split the source into this many work units by a stable hash of the path, for
+    /// several workers on hosts that all mount the folder. Changing it re-indexes nothing.
+    #[serde(default = "one")]
+    pub partitions: u32,
 }
 
 impl SourceConfig {
@@ -418,6 +472,14 @@ impl SourceConfig {
         match self {
             SourceConfig::Folder(folder) => &folder.id,
             SourceConfig::Sql(sql) => &sql.id,
+        }
+    }
+
+    /// How many work units the source is split into.
+    pub fn partitions(&self) -> u32 {
+        match self {
+            SourceConfig::Folder(folder) => folder.partitions,
+            SourceConfig::Sql(sql) => sql.partitions,
         }
     }
 }
@@ -618,6 +680,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             watch: WatchConfig::default(),
             store: StoreConfig::default(),
+            ledger: LedgerConfig::default(),
         }
     }
 }
@@ -679,6 +742,7 @@ impl Config {
                 exclude: Vec::new(),
                 respect_gitignore: true,
                 include_hidden: false,
+                partitions: 1,
             })],
             ..Config::default()
         }
@@ -725,6 +789,12 @@ impl Config {
                     "two sources share the id `{id}`; ids must be unique"
                 ));
             }
+            if !(1..=1024).contains(&source.partitions()) {
+                return invalid(format!(
+                    "source `{id}`: partitions = {} must be between 1 and 1024",
+                    source.partitions()
+                ));
+            }
             if let SourceConfig::Sql(sql) = source {
                 if sql.table.is_some() == sql.query.is_some() {
                     return invalid(format!(
@@ -766,6 +836,36 @@ impl Config {
                     return invalid(format!("source `{id}`: poll_interval_s must be at least 1"));
                 }
             }
+        }
+        if let Some(url_env) = &self.ledger.url_env {
+            if url_env.trim().is_empty() {
+                return invalid(
+                    "ledger.url_env must name the environment variable that holds the PostgreSQL URL".into(),
+                );
+            }
+            if matches!(self.store, StoreConfig::Embedded) {
+                return invalid(
+                    "a shared ledger (ledger.url_env) needs a store that workers share: set [store] kind = \"qdrant\" or \"pgvector\" (the embedded store lives in one data directory)".into(),
+                );
+            }
+        }
+        if self.ledger.lease_takeover_s < 2 {
+            return invalid(format!(
+                "ledger.lease_takeover_s = {} must be at least 2",
+                self.ledger.lease_takeover_s
+            ));
+        }
+        if self.ledger.schema.is_empty()
+            || !self
+                .ledger
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return invalid(format!(
+                "ledger.schema = {:?} must be letters, digits and `_`",
+                self.ledger.schema
+            ));
         }
         let chunking = &self.chunking;
         if !(16..=8192).contains(&chunking.max_tokens) {

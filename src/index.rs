@@ -5,7 +5,8 @@
 //! Invariant: at most one process writes through a data directory at a time (its ledger
 //! is there): an OS advisory lock guards it, and it dies with its holder, so a killed
 //! process never blocks the next run. Readers take it too only where the store admits one
-//! process at a time (the embedded engine).
+//! process at a time (the embedded engine). With a shared ledger there is no directory to
+//! guard: workers hold work units through the ledger's leases instead.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -16,14 +17,13 @@ use crate::chunk::Chunker;
 use crate::config::Config;
 use crate::embed::{Embedder, FastEmbedder};
 use crate::extract::EXTRACTOR_VERSION;
-use crate::ledger::Ledger;
+use crate::ledger::{Leases, Ledger};
 use crate::store::{Catalog, EdgeCatalog, Filter, Hit, VectorStore};
 use crate::{Error, Result};
 
 pub use crate::store::IndexInfo;
 
 const LOCK_FILE: &str = "freshet.lock";
-const LEDGER_FILE: &str = "ledger.sqlite";
 
 /// What to do when another process holds the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,8 @@ impl DataDirLock {
 pub struct Index {
     pub config: Config,
     pub ledger: Ledger,
+    /// Which work units this process may write.
+    pub leases: Arc<dyn Leases>,
     pub embedder: Arc<dyn Embedder>,
     pub chunker: Arc<Chunker>,
     /// Where collections live and which one applications query.
@@ -128,10 +130,20 @@ impl Index {
     pub async fn open_for_sync(config: Config, lock: LockMode) -> Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
-        let lock = DataDirLock::acquire(&data_dir, lock)?;
+        let lock = if config.ledger.url_env.is_none() {
+            Some(DataDirLock::acquire(&data_dir, lock)?)
+        } else {
+            // Workers sharing a ledger keep only local files here (a watcher's query
+            // endpoint address).
+            std::fs::create_dir_all(&data_dir).map_err(|source| Error::Io {
+                context: format!("cannot create data directory {}", data_dir.display()),
+                source,
+            })?;
+            None
+        };
         let catalog = crate::store::connect(&config).await?;
         let embedder = load_embedder(&config).await?;
-        let ledger = Ledger::open_sqlite(&data_dir.join(LEDGER_FILE)).await?;
+        let (ledger, leases) = crate::ledger::open(&config).await?;
         let info = IndexInfo {
             collection: catalog.collection_name(embedder.model_id(), embedder.dim()),
             model_id: embedder.model_id().to_string(),
@@ -163,6 +175,7 @@ impl Index {
             .is_some();
         Ok(Self {
             ledger,
+            leases,
             chunker: Arc::new(Chunker::new(
                 Arc::new(embedder.tokenizer().clone()),
                 config.chunking.clone(),
@@ -174,7 +187,7 @@ impl Index {
             store,
             info,
             config,
-            _lock: Some(lock),
+            _lock: lock,
         })
     }
 
@@ -208,7 +221,7 @@ impl Index {
                 ),
             }));
         }
-        let ledger = Ledger::open_sqlite(&data_dir.join(LEDGER_FILE)).await?;
+        let (ledger, leases) = crate::ledger::open(&config).await?;
         let store = catalog.open_existing(&info).await?.ok_or_else(no_index)?;
         let completed = ledger
             .collection_completed_at(&info.collection)
@@ -216,6 +229,7 @@ impl Index {
             .is_some();
         Ok(Self {
             ledger,
+            leases,
             chunker: Arc::new(Chunker::new(
                 Arc::new(embedder.tokenizer().clone()),
                 config.chunking.clone(),
@@ -351,7 +365,7 @@ async fn load_embedder(config: &Config) -> Result<FastEmbedder> {
 }
 
 pub fn ledger_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(LEDGER_FILE)
+    data_dir.join(crate::ledger::SQLITE_FILE)
 }
 
 /// What the embedded store's `index.json` names (other kinds: [`Catalog::published`]).

@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod units;
 pub mod verify;
 pub mod watch;
 
@@ -37,7 +38,7 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Embed(#[from] embed::EmbedError),
-    #[error("another freshet process is writing to {data_dir}; wait for it to finish (or stop it) and run again")]
+    #[error("another freshet process is writing to {data_dir}; wait for it to finish (or stop it) and run again (to run several workers, give them a shared ledger: [ledger] url_env)")]
     Locked { data_dir: String },
     #[error("source `{source_id}`: this sync would delete {would_delete} of {total} documents ({share:.0}% > the {limit:.0}% guard); if that is intended, run again with --allow-mass-delete (nothing was deleted)")]
     MassDelete {

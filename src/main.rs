@@ -759,21 +759,57 @@ fn print_hit(rank: usize, hit: &freshet::store::Hit) {
     println!("   {snippet}");
 }
 
+/// One unit's line in `status`: its holder and how current it is.
+#[derive(Debug, serde::Serialize)]
+struct UnitStatus {
+    unit: String,
+    source_id: String,
+    partition: Option<String>,
+    holder: Option<freshet::ledger::Holder>,
+    scan_started_ms: Option<i64>,
+    last_round_ms: Option<i64>,
+    lag_ms: Option<i64>,
+}
+
+async fn unit_status(
+    config: &Config,
+    ledger: &Ledger,
+    leases: &dyn freshet::ledger::Leases,
+) -> anyhow::Result<Vec<UnitStatus>> {
+    let holders = leases.holders().await?;
+    let states = ledger.unit_states().await?;
+    Ok(freshet::units::all(config)
+        .into_iter()
+        .map(|(_, unit)| {
+            let state = states.iter().find(|s| s.unit == unit.id);
+            UnitStatus {
+                holder: holders.iter().find(|h| h.unit == unit.id).cloned(),
+                partition: unit.partition.map(|p| p.to_string()),
+                source_id: unit.source_id,
+                scan_started_ms: state.and_then(|s| s.scan_started_ms),
+                last_round_ms: state.and_then(|s| s.last_round_ms),
+                lag_ms: state.and_then(|s| s.lag_ms),
+                unit: unit.id,
+            }
+        })
+        .collect())
+}
+
 async fn status(
     cli: &Cli,
     config: &Config,
     failure_limit: usize,
     run_limit: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
-    let ledger_path = freshet::index::ledger_path(&config.data_dir);
-    if !ledger_path.is_file() {
+    if !freshet::ledger::exists(config) {
         bail!(
             "no index in {} yet; run `freshet sync` first",
             config.data_dir.display()
         );
     }
-    let ledger = Ledger::open_sqlite(&ledger_path).await?;
+    let (ledger, leases) = freshet::ledger::open(config).await?;
     let summaries = ledger.summaries().await?;
+    let units = unit_status(config, &ledger, leases.as_ref()).await?;
     let runs = ledger.recent_runs(run_limit.unwrap_or(1).max(1)).await?;
     let failures = ledger.failures(None, failure_limit).await?;
     let checks = ledger.checks().await?;
@@ -819,7 +855,9 @@ async fn status(
                 "index": info,
                 "partial": partial,
                 "points": points,
+                "ledger": ledger.location(),
                 "sources": summaries,
+                "units": units,
                 "last_run": runs.first(),
                 "runs": run_limit.map(|_| &runs),
                 "failures": failures,
@@ -869,6 +907,42 @@ async fn status(
             println!(
                 "  {} rows quarantined by data-quality checks (listed below)",
                 s.quarantined
+            );
+        }
+    }
+    if units
+        .iter()
+        .any(|u| u.holder.is_some() || u.partition.is_some())
+    {
+        println!("ledger   {}", ledger.location());
+        for u in &units {
+            let holder = match &u.holder {
+                Some(h) if h.live => format!(
+                    "held by {} pid {} ({}) since {}",
+                    h.host, h.pid, h.mode, h.since
+                ),
+                Some(h) if !h.worker.is_empty() => format!(
+                    "free (its holder {} pid {} stopped; another worker takes it over)",
+                    h.host, h.pid
+                ),
+                _ => "free".to_string(),
+            };
+            let ago = |ms: Option<i64>| {
+                ms.map_or("never".to_string(), |ms| {
+                    format!(
+                        "{:.0}s ago",
+                        (freshet::ledger::now_ms() - ms).max(0) as f64 / 1000.0
+                    )
+                })
+            };
+            let lag = u.lag_ms.map_or(String::new(), |ms| {
+                format!(", lag {:.1}s", ms as f64 / 1000.0)
+            });
+            println!(
+                "unit {}: {holder}; last full scan {}, last round {}{lag}",
+                u.unit,
+                ago(u.scan_started_ms),
+                ago(u.last_round_ms)
             );
         }
     }

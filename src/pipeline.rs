@@ -32,10 +32,23 @@ use crate::config::{OnViolationConfig, SourceConfig};
 use crate::embed::Embedder;
 use crate::extract::{extract, ExtractError, MediaType};
 use crate::index::Index;
-use crate::ledger::{now, DocRecord, DocStatus, Ledger};
+use crate::ledger::{
+    now, now_ms, DocRecord, DocStatus, Lease, Leases, Ledger, LedgerError, WorkerMode,
+};
 use crate::store::{Filter, Payload, Point, PointId, VectorStore};
 use crate::telemetry::LiveCounters;
+use crate::units::Unit;
 use crate::{Error, Result};
+use freshet_connectors::Partition;
+
+/// Whether a sync run may take a unit.
+enum Taken {
+    Lease(Lease),
+    /// Another worker covers it (synced it during this run, or follows it).
+    Elsewhere(&'static str),
+    /// Another worker is syncing it now: ask again later.
+    Busy,
+}
 
 /// Changes looked up in the ledger at once (one query) at the gate.
 const GATE_BATCH: usize = 256;
@@ -243,6 +256,10 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<PlannedChange>,
     pub error: Option<String>,
+    /// Units this run left to other workers sharing the ledger: synced by one of them
+    /// during the run, or followed by a watcher.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub units_elsewhere: Vec<String>,
 }
 
 pub const MAX_REPORTED_FAILURES: usize = 100;
@@ -292,9 +309,16 @@ struct EmbeddedBatch {
     to_embed: HashMap<String, usize>,
 }
 
-/// Shared, read-only context of one source's sync.
+/// Shared, read-only context of one work unit's sync.
 struct Ctx {
     source_id: String,
+    /// The work unit: the source, or one partition of it.
+    unit: String,
+    partition: Option<Partition>,
+    /// The unit's lease: store writes happen only while it is held, and ledger commits
+    /// are fenced by it.
+    lease: Option<Lease>,
+    leases: Arc<dyn Leases>,
     fingerprint: String,
     collection: String,
     ledger: Ledger,
@@ -315,6 +339,26 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn fence(&self) -> Option<&crate::ledger::Fence> {
+        self.lease.as_ref().and_then(|l| l.fence.as_ref())
+    }
+
+    /// Before a store write: the unit must still be this worker's. (Ledger commits check
+    /// the fence inside their transaction as well.)
+    async fn check_lease(&self) -> Result<()> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        if self.leases.still_held(lease).await? {
+            Ok(())
+        } else {
+            Err(LedgerError::LeaseLost {
+                unit: self.unit.clone(),
+            }
+            .into())
+        }
+    }
+
     fn check_fault(&self, step: CommitStep) -> Result<()> {
         match &self.fault {
             Some(hook) if (hook.0)(step) => Err(Error::Injected(format!("{step:?}"))),
@@ -341,14 +385,46 @@ impl Ctx {
     }
 }
 
-impl Index {
-    /// Syncs every configured source once: index what changed, remove what is gone.
-    pub async fn sync(&self, options: &SyncOptions) -> Result<RunReport> {
-        let mut sources: Vec<Box<dyn Source>> = Vec::new();
-        for source in &self.config.sources {
-            sources.push(build_source(source, WatchSettings::default(), None)?);
+/// Where a unit's source comes from: built from its config entry (any number of times),
+/// or handed in by a library user (once).
+enum SourceOrigin<'a> {
+    Config(&'a SourceConfig),
+    Given(Option<Box<dyn Source>>),
+}
+
+struct UnitJob<'a> {
+    unit: Unit,
+    origin: SourceOrigin<'a>,
+}
+
+impl UnitJob<'_> {
+    fn source(&mut self) -> Result<Box<dyn Source>> {
+        match &mut self.origin {
+            SourceOrigin::Config(config) => build_source(config, WatchSettings::default(), None),
+            SourceOrigin::Given(source) => source
+                .take()
+                .ok_or_else(|| Error::Task("a given source can run once".into())),
         }
-        self.sync_sources(sources, options).await
+    }
+}
+
+/// How long a sync waits before asking again for units other workers hold.
+const UNIT_POLL: Duration = Duration::from_secs(1);
+
+impl Index {
+    /// Syncs every configured unit (a source, or a partition of one) once: index what
+    /// changed, remove what is gone. Workers sharing a ledger split the units: each takes
+    /// the free ones, and a unit another worker synced since this run began, or one a
+    /// watcher follows, is left to it.
+    pub async fn sync(&self, options: &SyncOptions) -> Result<RunReport> {
+        let jobs = crate::units::all(&self.config)
+            .into_iter()
+            .map(|(config, unit)| UnitJob {
+                unit,
+                origin: SourceOrigin::Config(config),
+            })
+            .collect();
+        self.sync_units(jobs, options).await
     }
 
     /// What the next sync would add, update, delete and embed, without writing anything.
@@ -361,48 +437,115 @@ impl Index {
         .await
     }
 
-    /// Syncs these sources once, recording one run. Library users can bring their own
-    /// [`Source`] implementations.
+    /// Syncs these sources once (one unit each), recording one run. Library users can
+    /// bring their own [`Source`] implementations.
     pub async fn sync_sources(
         &self,
         sources: Vec<Box<dyn Source>>,
         options: &SyncOptions,
     ) -> Result<RunReport> {
+        let jobs = sources
+            .into_iter()
+            .map(|source| UnitJob {
+                unit: Unit::whole(source.id()),
+                origin: SourceOrigin::Given(Some(source)),
+            })
+            .collect();
+        self.sync_units(jobs, options).await
+    }
+
+    async fn sync_units(&self, jobs: Vec<UnitJob<'_>>, options: &SyncOptions) -> Result<RunReport> {
         let started = Instant::now();
-        let source_ids: Vec<String> = sources.iter().map(|s| s.id().to_string()).collect();
-        let run_id = if options.dry_run {
-            0
+        let unit_ids: Vec<String> = jobs.iter().map(|j| j.unit.id.clone()).collect();
+        let (run_id, run_started_ms) = if options.dry_run {
+            (0, now_ms())
         } else {
-            self.ledger.start_run(&source_ids).await?
+            let live = self.leases.live_workers(WorkerMode::Sync).await?;
+            let started_ms = now_ms();
+            let id = self
+                .ledger
+                .start_run(&unit_ids, self.leases.worker(), &live)
+                .await?;
+            // Syncs started together on several workers form one run: a unit any of them
+            // completed since the earliest one began is not synced again.
+            let joined = self.ledger.joined_run_start(&live, started_ms).await?;
+            (id, joined)
         };
         let mut stats_per_source = Vec::new();
         let mut failures = Vec::new();
         let mut planned = Vec::new();
         let mut first_error = None;
-        for source in sources {
-            let source_id = source.id().to_string();
-            let outcome = self.sync_source(source, options).await;
-            let (stats, source_failures, source_planned) = match outcome {
-                Ok(done) => done,
-                Err(err @ Error::Injected(_)) => return Err(err),
-                Err(err) => {
-                    tracing::error!(source = %source_id, error = %err, "source sync failed");
-                    let stats = SourceStats {
-                        source_id,
-                        error: Some(err.to_string()),
-                        ..SourceStats::default()
-                    };
-                    (stats, Vec::new(), Vec::new())
+        let mut elsewhere = Vec::new();
+        let mut pending: Vec<UnitJob> = jobs;
+        let mut announced_wait = false;
+        'units: while !pending.is_empty() {
+            let mut progressed = false;
+            let mut waiting = Vec::new();
+            for mut job in std::mem::take(&mut pending) {
+                if options.cancel.is_cancelled() {
+                    break 'units;
                 }
-            };
-            if first_error.is_none() {
-                first_error = stats.error.clone();
+                let lease = if options.dry_run {
+                    None
+                } else {
+                    match self.take_unit(&job.unit, run_started_ms).await? {
+                        Taken::Lease(lease) => Some(lease),
+                        Taken::Elsewhere(why) => {
+                            tracing::info!(unit = %job.unit.id, "{why}");
+                            elsewhere.push(job.unit.id.clone());
+                            progressed = true;
+                            continue;
+                        }
+                        Taken::Busy => {
+                            waiting.push(job);
+                            continue;
+                        }
+                    }
+                };
+                progressed = true;
+                let unit = job.unit.clone();
+                let outcome = match job.source() {
+                    Ok(source) => self.sync_unit(source, &unit, lease.clone(), options).await,
+                    Err(err) => Err(err),
+                };
+                if let Some(lease) = &lease {
+                    if let Err(err) = self.leases.release(lease).await {
+                        tracing::warn!(unit = %unit.id, error = %err, "could not release the unit (it is freed when this process ends)");
+                    }
+                }
+                let (stats, unit_failures, unit_planned) = match outcome {
+                    Ok(done) => done,
+                    Err(err @ Error::Injected(_)) => return Err(err),
+                    Err(err) => {
+                        tracing::error!(unit = %unit.id, error = %err, "unit sync failed");
+                        let stats = SourceStats {
+                            source_id: unit.id.clone(),
+                            error: Some(err.to_string()),
+                            ..SourceStats::default()
+                        };
+                        (stats, Vec::new(), Vec::new())
+                    }
+                };
+                if first_error.is_none() {
+                    first_error = stats.error.clone();
+                }
+                failures.extend(unit_failures);
+                planned.extend(unit_planned);
+                stats_per_source.push(stats);
             }
-            failures.extend(source_failures);
-            planned.extend(source_planned);
-            stats_per_source.push(stats);
-            if options.cancel.is_cancelled() {
-                break;
+            pending = waiting;
+            if !pending.is_empty() && !progressed {
+                if !announced_wait {
+                    tracing::info!(
+                        units = pending.len(),
+                        "waiting for units other workers are syncing"
+                    );
+                    announced_wait = true;
+                }
+                tokio::select! {
+                    _ = options.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(UNIT_POLL) => {}
+                }
             }
         }
         let totals = totals(&stats_per_source);
@@ -428,24 +571,18 @@ impl Index {
             failures,
             planned,
             error: first_error,
+            units_elsewhere: elsewhere,
         };
         if !options.dry_run {
-            // A new collection (another model) becomes the one queries use only once a
-            // sync of every configured source completed in it: not when the run was
-            // stopped between sources, nor when a caller synced some of them.
-            let finished: HashSet<&str> = report
-                .sources
-                .iter()
-                .filter(|s| s.scan_complete && s.error.is_none())
-                .map(|s| s.source_id.as_str())
-                .collect();
+            // A new collection (another model) becomes the one queries use only once
+            // every configured unit completed a full scan into it (here or on another
+            // worker), and never after a run that failed or was stopped.
             let complete = report.error.is_none()
                 && !options.cancel.is_cancelled()
                 && self
-                    .config
-                    .sources
-                    .iter()
-                    .all(|s| finished.contains(s.id()));
+                    .ledger
+                    .units_scanned_into(&crate::units::ids(&self.config), &self.info.collection)
+                    .await?;
             self.publish_collection(complete).await?;
             let stats = serde_json::to_value(&report).expect("report serializes");
             self.ledger
@@ -455,18 +592,65 @@ impl Index {
         Ok(report)
     }
 
-    /// One source, one full scan: the round that `sync` and `plan` run.
-    async fn sync_source(
+    /// Takes a unit for this sync run, unless another worker covers it.
+    async fn take_unit(&self, unit: &Unit, run_started_ms: i64) -> Result<Taken> {
+        let collection = &self.info.collection;
+        let done_elsewhere = || async {
+            self.ledger
+                .unit_scanned_since(&unit.id, collection, run_started_ms)
+                .await
+        };
+        if done_elsewhere().await? {
+            return Ok(Taken::Elsewhere(
+                "another worker synced this unit during this run",
+            ));
+        }
+        let Some(lease) = self.leases.try_acquire(&unit.id, WorkerMode::Sync).await? else {
+            let followed = self
+                .leases
+                .holders()
+                .await?
+                .iter()
+                .any(|h| h.unit == unit.id && h.live && h.mode == WorkerMode::Watch.as_str());
+            return Ok(if followed {
+                Taken::Elsewhere("a watching worker follows this unit")
+            } else {
+                Taken::Busy
+            });
+        };
+        // Another worker may have finished it between the check and the lock.
+        if done_elsewhere().await? {
+            self.leases.release(&lease).await?;
+            return Ok(Taken::Elsewhere(
+                "another worker synced this unit during this run",
+            ));
+        }
+        let repaired = self
+            .ledger
+            .take_repairs(&unit.source_id, unit.partition)
+            .await?;
+        if repaired > 0 {
+            tracing::warn!(unit = %unit.id, documents = repaired, "re-indexing documents a former holder wrote after losing the unit");
+        }
+        if lease.taken_over {
+            metrics::counter!("freshet_lease_takeovers_total").increment(1);
+        }
+        Ok(Taken::Lease(lease))
+    }
+
+    /// One unit, one full scan: the round that `sync` and `plan` run.
+    async fn sync_unit(
         &self,
         source: Box<dyn Source>,
+        unit: &Unit,
+        lease: Option<Lease>,
         options: &SyncOptions,
     ) -> Result<(SourceStats, Vec<FailureNote>, Vec<PlannedChange>)> {
-        let source_id = source.id().to_string();
         let mut stats = SourceStats::default();
         let mut failures = Vec::new();
         let mut planned = Vec::new();
         let (rounds_tx, mut rounds) = mpsc::channel(4);
-        let drive = self.drive_source(source, options, false, None, rounds_tx);
+        let drive = self.drive_source(source, unit, lease, options, false, None, rounds_tx);
         let collect = async {
             while let Some(round) = rounds.recv().await {
                 stats.absorb(&round.stats);
@@ -476,7 +660,7 @@ impl Index {
         };
         let (source_error, ()) = tokio::join!(drive, collect);
         let source_error = source_error?;
-        stats.source_id = source_id;
+        stats.source_id = unit.id.clone();
         if let Some(err) = source_error {
             // The scan did not finish: what it reported is indexed, nothing is deleted.
             stats.error = Some(err);
@@ -488,9 +672,12 @@ impl Index {
     /// finished round to `rounds`; returns the source's own error, if it ended with one. With
     /// `follow`, this lasts until `options.cancel` (watch mode); a round that fails asks
     /// `control` for a full rescan, which redoes whatever the failure left undone.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn drive_source(
         &self,
         source: Box<dyn Source>,
+        unit: &Unit,
+        lease: Option<Lease>,
         options: &SyncOptions,
         follow: bool,
         control: Option<Arc<WatchControl>>,
@@ -501,6 +688,10 @@ impl Index {
         }
         let ctx = Arc::new(Ctx {
             source_id: source.id().to_string(),
+            unit: unit.id.clone(),
+            partition: unit.partition,
+            lease,
+            leases: self.leases.clone(),
             fingerprint: self.fingerprint(),
             collection: self.info.collection.clone(),
             ledger: self.ledger.clone(),
@@ -521,7 +712,9 @@ impl Index {
                 if !source.uses_cursor() || options.retry_failed || options.dry_run {
                     None
                 } else {
-                    self.ledger.cursor(source.id(), &self.fingerprint()).await?
+                    self.ledger
+                        .cursor(&unit.id, source.id(), unit.partition, &self.fingerprint())
+                        .await?
                 },
             )),
         });
@@ -531,6 +724,7 @@ impl Index {
             cancel: options.cancel.child_token(),
             follow,
             cursor: ctx.cursor.clone(),
+            partition: unit.partition,
         };
         let source_task = tokio::spawn(source.run(source_cx));
         let mut outcome = Ok(());
@@ -538,7 +732,7 @@ impl Index {
             let round = run_round(&ctx, &mut changes, options).await;
             let round = match round {
                 Ok(round) => round,
-                Err(err @ Error::Injected(_)) => {
+                Err(err @ (Error::Injected(_) | Error::Ledger(LedgerError::LeaseLost { .. }))) => {
                     outcome = Err(err);
                     break;
                 }
@@ -607,6 +801,7 @@ async fn run_round(
 ) -> Result<Round> {
     let started = Instant::now();
     let started_at = now();
+    let started_ms = now_ms();
     let (work_tx, work_rx) = mpsc::channel(PREPARED_QUEUE);
     let (batch_tx, batch_rx) = mpsc::channel(COMMIT_QUEUE);
     let mut reached_marker = false;
@@ -668,18 +863,24 @@ async fn run_round(
     if !ctx.dry_run {
         if let Some(report) = &gate.check {
             let value = serde_json::to_value(report).expect("report serializes");
-            ctx.ledger.record_check(&ctx.source_id, &value).await?;
+            ctx.ledger.record_check(&ctx.unit, &value).await?;
         }
         let moved = gate.cursor.is_some() || gate.cursor_invalid;
         if gate.end == RoundEnd::Full && stats.error.is_none() && moved {
             // Only now, with every row of the scan committed, may the cursor move on.
             let cursor = gate.cursor.clone().filter(|_| !gate.cursor_invalid);
             ctx.ledger
-                .set_cursor(&ctx.source_id, cursor.as_deref())
+                .set_cursor(&ctx.unit, cursor.as_deref(), ctx.fence())
                 .await?;
             if let Ok(mut shared) = ctx.cursor.lock() {
                 *shared = cursor;
             }
+        }
+        if gate.end == RoundEnd::Full && stats.error.is_none() {
+            // The scan's start bounds what it saw: a sync that began earlier is covered.
+            ctx.ledger
+                .mark_unit_scanned(&ctx.unit, &ctx.collection, started_ms)
+                .await?;
         }
     }
     let (started, started_at) = gate.first_change.unwrap_or((started, started_at));
@@ -802,6 +1003,21 @@ struct GateOutcome {
     check: Option<CheckReport>,
 }
 
+/// The document a change is about, if any.
+fn change_key(change: &Change) -> Option<&str> {
+    match change {
+        Change::Upsert(doc) => Some(&doc.key),
+        Change::Delete(key) | Change::Unchanged(key) => Some(key),
+        Change::Quarantine { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
+/// A stable hash of a string (for spreading workers over units).
+pub(crate) fn stable_hash(text: &str) -> u64 {
+    key_hash(text) as u64
+}
+
 fn key_hash(key: &str) -> u128 {
     let hash = blake3::hash(key.as_bytes());
     u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
@@ -860,6 +1076,13 @@ async fn gate_and_prepare(
         let mut quarantined = Vec::new();
         let mut end = None;
         for change in buffer.drain(..) {
+            if let Some(key) = change_key(&change) {
+                if !ctx.partition.is_none_or(|p| p.contains(key)) {
+                    // Another unit's document: a source that cannot filter by partition
+                    // sends it, and that unit indexes it.
+                    continue;
+                }
+            }
             match change {
                 Change::Upsert(doc) => upserts.push(doc),
                 Change::Unchanged(key) => unchanged.push(key),
@@ -1551,14 +1774,20 @@ async fn commit_protocol(
 ) -> Result<()> {
     let ledger = &ctx.ledger;
     let store = &ctx.store;
+    let fence = ctx.fence();
     if !intents.is_empty() {
         retry("ledger intent", || async {
-            ledger.commit(&intents).await.map_err(Error::from)
+            ledger
+                .commit_fenced(&intents, fence)
+                .await
+                .map_err(Error::from)
         })
         .await?;
     }
     ctx.check_fault(CommitStep::AfterIntent)?;
+    let wrote = !points.is_empty() || !stale.is_empty();
     if !points.is_empty() {
+        ctx.check_lease().await?;
         retry("store upsert", || async {
             store.upsert(points.clone()).await.map_err(Error::from)
         })
@@ -1566,17 +1795,37 @@ async fn commit_protocol(
     }
     ctx.check_fault(CommitStep::AfterUpsert)?;
     if !stale.is_empty() {
+        ctx.check_lease().await?;
         retry("store delete", || async {
             store.delete(stale.clone()).await.map_err(Error::from)
         })
         .await?;
     }
     ctx.check_fault(CommitStep::AfterStaleDelete)?;
-    retry("ledger commit", || async {
-        ledger.commit(&finals).await.map_err(Error::from)
+    let committed = retry("ledger commit", || async {
+        ledger
+            .commit_fenced(&finals, fence)
+            .await
+            .map_err(Error::from)
     })
-    .await?;
+    .await;
+    if let Err(Error::Ledger(LedgerError::LeaseLost { .. })) = &committed {
+        if wrote {
+            note_lost_writes(ctx, finals.iter().map(|r| r.doc_key.clone()).collect()).await;
+        }
+    }
+    committed?;
     ctx.check_fault(CommitStep::AfterCommit)
+}
+
+/// This worker wrote these documents' points after losing their unit (it learnt so when
+/// the fenced commit failed): another worker may have indexed them meanwhile, so they are
+/// noted for the unit's holder to index again.
+async fn note_lost_writes(ctx: &Ctx, keys: Vec<String>) {
+    tracing::warn!(unit = %ctx.unit, documents = keys.len(), "lost the unit during a write; its holder re-indexes these documents");
+    if let Err(err) = ctx.ledger.note_repairs(&ctx.source_id, &keys).await {
+        tracing::error!(unit = %ctx.unit, error = %err, "could not note the documents written after the unit was lost; `freshet verify --repair` finds them");
+    }
 }
 
 fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Payload {
@@ -1662,7 +1911,13 @@ async fn sweep(
         loop {
             let page = ctx
                 .ledger
-                .keys_page_in(&ctx.source_id, range, after.as_deref(), SWEEP_PAGE)
+                .keys_page_in(
+                    &ctx.source_id,
+                    range,
+                    ctx.partition,
+                    after.as_deref(),
+                    SWEEP_PAGE,
+                )
                 .await?;
             let Some(last) = page.last().cloned() else {
                 break;
@@ -1679,7 +1934,10 @@ async fn sweep(
     if gone.is_empty() {
         return Ok(());
     }
-    let total = ctx.ledger.document_count(&ctx.source_id).await? as usize;
+    let total = ctx
+        .ledger
+        .document_count(&ctx.source_id, ctx.partition)
+        .await? as usize;
     let share = gone.len() as f64 / total.max(1) as f64;
     if share > ctx.max_delete_share && !options.allow_mass_delete {
         return Err(Error::MassDelete {
@@ -1716,11 +1974,16 @@ async fn sweep(
         }
         let ledger = &ctx.ledger;
         let store = &ctx.store;
+        let fence = ctx.fence();
         retry("ledger intent", || async {
-            ledger.commit(&intents).await.map_err(Error::from)
+            ledger
+                .commit_fenced(&intents, fence)
+                .await
+                .map_err(Error::from)
         })
         .await?;
         ctx.check_fault(CommitStep::AfterIntent)?;
+        ctx.check_lease().await?;
         retry("store delete", || async {
             store.delete(ids.clone()).await.map_err(Error::from)
         })
@@ -1728,7 +1991,7 @@ async fn sweep(
         ctx.check_fault(CommitStep::AfterStaleDelete)?;
         retry("ledger remove", || async {
             ledger
-                .remove(&ctx.source_id, keys)
+                .remove_fenced(&ctx.source_id, keys, fence)
                 .await
                 .map_err(Error::from)
         })

@@ -107,6 +107,19 @@ fn describe() {
         "Sync runs and watch rounds, by outcome"
     );
     describe_gauge!(
+        "freshet_units_held",
+        "Work units (sources or partitions) this worker holds and follows"
+    );
+    describe_counter!(
+        "freshet_lease_takeovers_total",
+        "Units this worker took over from a worker that died or stalled"
+    );
+    describe_gauge!(
+        "freshet_unit_lag_seconds",
+        Unit::Seconds,
+        "Per unit: how long the oldest change of its last round waited to be indexed"
+    );
+    describe_gauge!(
         "freshet_queue_depth",
         "Documents taken from sources and not yet settled"
     );

@@ -218,6 +218,7 @@ async fn model_switch(kind: StoreKind) {
         exclude: vec![],
         respect_gitignore: true,
         include_hidden: false,
+        partitions: 1,
     }));
     let index = ws.open_with(config.clone()).await;
     let partial = index.sync(&SyncOptions::default()).await.unwrap();

@@ -97,6 +97,7 @@ fn sql_config(ws: &Workspace, url_env: &str, table: &str) -> Config {
         poll_interval_s: 30,
         notify_channel: None,
         checks: Default::default(),
+        partitions: 1,
     })];
     config
 }
@@ -287,7 +288,7 @@ async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32
     assert_eq!(first.totals.added, 3, "{first:#?}");
     assert!(index
         .ledger
-        .cursor("rows", &index.fingerprint())
+        .cursor("rows", "rows", None, &index.fingerprint())
         .await
         .unwrap()
         .is_some());

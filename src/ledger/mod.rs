@@ -1,18 +1,26 @@
-//! The change-tracking ledger (SQLite through sqlx): per document what the index holds for
-//! it, and one row per run.
+//! The change-tracking ledger: per document what the index holds for it, per work unit its
+//! scan state, and one row per run. One set of queries over sqlx's `Any` driver serves both
+//! databases: SQLite in the data directory (one process, [`sqlite`]) and PostgreSQL shared
+//! by workers ([`postgres`], where work units are leased).
 //!
 //! Invariant: the ledger never vouches for points the store lacks. Callers commit a
 //! document's row only after its points were upserted and its stale points deleted; every
-//! multi-row change here is one transaction.
+//! multi-row change here is one transaction, and a commit made under a unit's lease is
+//! refused once another worker took the unit over ([`Fence`]).
+
+mod lease;
+pub mod postgres;
+pub mod sqlite;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+pub use freshet_connectors::Partition;
+pub use lease::{Fence, Holder, Lease, Leases, LocalLeases, WorkerMode};
 
 use crate::store::PointId;
 
@@ -82,12 +90,16 @@ pub struct DocRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    #[error("work unit `{unit}`: another worker took it over (this worker lost its lease: its connection to the ledger died or stalled past `lease_takeover_s`); nothing more is written for it here")]
+    LeaseLost { unit: String },
     #[error("ledger database error: {0}; if this persists, check the disk and the ledger file")]
     Database(#[from] sqlx::Error),
     #[error("ledger migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ledger holds unreadable data: {0}; `freshet verify --repair` rebuilds what it can")]
     Corrupt(String),
+    #[error("ledger: {0}")]
+    Setup(String),
 }
 
 impl LedgerError {
@@ -98,12 +110,47 @@ impl LedgerError {
                     err,
                     sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
                 ) || err.as_database_error().is_some_and(|db| {
-                    db.message().contains("locked") || db.message().contains("busy")
+                    // SQLite: a writer holds the file. PostgreSQL: connection, resources,
+                    // shutdown, serialization, deadlock, lock timeout.
+                    let code = db.code().unwrap_or_default();
+                    db.message().contains("locked")
+                        || db.message().contains("busy")
+                        || ["08", "53", "57P"].iter().any(|c| code.starts_with(c))
+                        || ["40001", "40P01", "55P03"].contains(&code.as_ref())
                 })
             }
             _ => false,
         }
     }
+}
+
+/// The ledger file inside a data directory.
+pub const SQLITE_FILE: &str = "ledger.sqlite";
+
+/// Opens the configured ledger and the leases of its work units: a SQLite file in the data
+/// directory, or a shared PostgreSQL schema (the only place that looks at the kind).
+pub async fn open(config: &crate::Config) -> Result<(Ledger, Arc<dyn Leases>), LedgerError> {
+    match &config.ledger.url_env {
+        None => {
+            let ledger = sqlite::open(&config.data_dir.join(SQLITE_FILE)).await?;
+            Ok((ledger, Arc::new(LocalLeases::new())))
+        }
+        Some(url_env) => {
+            let url = std::env::var(url_env).map_err(|_| {
+                LedgerError::Setup(format!(
+                    "the environment variable {url_env} (ledger.url_env: the PostgreSQL URL of the shared ledger) is not set"
+                ))
+            })?;
+            let (ledger, leases) = postgres::open(&url, &config.ledger).await?;
+            Ok((ledger, Arc::new(leases)))
+        }
+    }
+}
+
+/// Whether the configured ledger has been created (a shared one always counts: opening
+/// it creates its schema).
+pub fn exists(config: &crate::Config) -> bool {
+    config.ledger.url_env.is_some() || config.data_dir.join(SQLITE_FILE).is_file()
 }
 
 /// Counts per source for `freshet status`.
@@ -121,6 +168,21 @@ pub struct SourceSummary {
     pub chunks: i64,
 }
 
+/// A work unit's scan state (the unit id is the source id when a source is not
+/// partitioned).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitState {
+    pub unit: String,
+    /// The collection its last full scan completed into.
+    pub scanned_collection: Option<String>,
+    /// When that scan began (Unix milliseconds).
+    pub scan_started_ms: Option<i64>,
+    /// When its last round finished (Unix milliseconds).
+    pub last_round_ms: Option<i64>,
+    /// How long the oldest change of its last watched round waited to be indexed.
+    pub lag_ms: Option<i64>,
+}
+
 /// One run as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
@@ -135,11 +197,28 @@ pub struct RunRecord {
 
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// Where the ledger is, for messages and `status` (never a secret).
+    location: String,
 }
 
 /// Run history kept in the ledger (a watcher records a run per batch of changes).
 pub const KEPT_RUNS: i64 = 10_000;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The `[lo, hi)` key-hash range of a partition (every hash when `None`).
+fn hash_bounds(partition: Option<Partition>) -> (i64, i64) {
+    partition.map_or((0, i64::MAX), |p| p.hash_range())
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
 
 pub fn now() -> String {
     time::OffsetDateTime::now_utc()
@@ -155,26 +234,41 @@ fn placeholders(start: usize, count: usize) -> String {
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the SQLite ledger and applies migrations.
-    pub async fn open_sqlite(path: &Path) -> Result<Self, LedgerError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|err| LedgerError::Database(err.into()))?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed ledger row survives power loss, so it cannot fall behind
-            // store writes that were already synced.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+    pub(crate) fn new(pool: AnyPool, location: String) -> Self {
+        Self { pool, location }
+    }
+
+    /// Where the ledger is (a file, or `host:port/db` and schema).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Fills the key hash of rows written before the ledger stored it.
+    pub(crate) async fn backfill_key_hashes(&self) -> Result<(), LedgerError> {
+        loop {
+            let rows = sqlx::query(
+                "SELECT source_id, doc_key FROM documents WHERE key_hash IS NULL LIMIT 1000",
+            )
+            .fetch_all(&self.pool)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.pool.begin().await?;
+            for row in &rows {
+                let source_id: String = row.try_get("source_id")?;
+                let doc_key: String = row.try_get("doc_key")?;
+                sqlx::query(
+                    "UPDATE documents SET key_hash = $1 WHERE source_id = $2 AND doc_key = $3",
+                )
+                .bind(Partition::key_hash(&doc_key))
+                .bind(&source_id)
+                .bind(&doc_key)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
     }
 
     /// The rows of these keys that exist.
@@ -207,10 +301,23 @@ impl Ledger {
 
     /// Writes these rows (insert or replace) in one transaction.
     pub async fn commit(&self, records: &[DocRecord]) -> Result<(), LedgerError> {
+        self.commit_fenced(records, None).await
+    }
+
+    /// Writes these rows in one transaction that first checks `fence`: refused with
+    /// [`LedgerError::LeaseLost`] when another worker took the unit over.
+    pub async fn commit_fenced(
+        &self,
+        records: &[DocRecord],
+        fence: Option<&Fence>,
+    ) -> Result<(), LedgerError> {
         if records.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check_in(&mut tx).await?;
+        }
         for r in records {
             let point_ids = serde_json::to_string(&r.point_ids).expect("uuids serialize to JSON");
             let chunk_hashes =
@@ -222,8 +329,10 @@ impl Ledger {
             sqlx::query(
                 "INSERT INTO documents (source_id, doc_key, version_hint, content_hash, fingerprint,
                      status, reason, media_type, chunk_count, collection, point_ids,
-                     pending_point_ids, chunk_hashes, decode_warning, first_indexed_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                     pending_point_ids, chunk_hashes, decode_warning, first_indexed_at, updated_at,
+                     key_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     $17)
                  ON CONFLICT (source_id, doc_key) DO UPDATE SET
                      version_hint = excluded.version_hint,
                      content_hash = excluded.content_hash,
@@ -238,7 +347,8 @@ impl Ledger {
                      chunk_hashes = excluded.chunk_hashes,
                      decode_warning = excluded.decode_warning,
                      first_indexed_at = excluded.first_indexed_at,
-                     updated_at = excluded.updated_at",
+                     updated_at = excluded.updated_at,
+                     key_hash = excluded.key_hash",
             )
             .bind(&r.source_id)
             .bind(&r.doc_key)
@@ -256,6 +366,7 @@ impl Ledger {
             .bind(&r.decode_warning)
             .bind(&r.first_indexed_at)
             .bind(&r.updated_at)
+            .bind(Partition::key_hash(&r.doc_key))
             .execute(&mut *tx)
             .await?;
         }
@@ -265,7 +376,20 @@ impl Ledger {
 
     /// Removes these documents' rows in one transaction.
     pub async fn remove(&self, source_id: &str, keys: &[String]) -> Result<(), LedgerError> {
+        self.remove_fenced(source_id, keys, None).await
+    }
+
+    /// Removes these documents' rows in one transaction checked against `fence`.
+    pub async fn remove_fenced(
+        &self,
+        source_id: &str,
+        keys: &[String],
+        fence: Option<&Fence>,
+    ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check_in(&mut tx).await?;
+        }
         for batch in keys.chunks(LOOKUP_BATCH) {
             let sql = format!(
                 "DELETE FROM documents WHERE source_id = $1 AND doc_key IN ({})",
@@ -296,33 +420,38 @@ impl Ledger {
     }
 
     /// One page of a source's keys in key order, after `after`, from the key range that
-    /// holds `scope` and everything below `scope/` (all keys for the empty scope). The
-    /// range may also hold neighbours such as `scope.md`; callers filter with `in_scope`.
+    /// holds `scope` and everything below `scope/` (all keys for the empty scope), in
+    /// `partition` when given. The range may also hold neighbours such as `scope.md`;
+    /// callers filter with `in_scope`.
     pub async fn keys_page_in(
         &self,
         source_id: &str,
         scope: &str,
+        partition: Option<Partition>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, LedgerError> {
-        if scope.is_empty() {
-            return self.keys_page(source_id, after, limit).await;
-        }
-        // Keys compare bytewise: every key below `scope/` sorts before `scope0`.
-        let end = format!("{scope}0");
+        // Keys compare bytewise: every key below `scope/` sorts before `scope0`. The
+        // empty scope has no upper bound.
         let start = match after {
             Some(after) if after >= scope => after,
             _ => "",
         };
+        let (lo, hi) = hash_bounds(partition);
+        let bounded = !scope.is_empty();
         let rows = sqlx::query(
             "SELECT doc_key FROM documents
-             WHERE source_id = $1 AND doc_key >= $2 AND doc_key < $3 AND doc_key > $4
-             ORDER BY doc_key LIMIT $5",
+             WHERE source_id = $1 AND doc_key >= $2 AND ($3 = 0 OR doc_key < $4)
+               AND doc_key > $5 AND key_hash >= $6 AND key_hash < $7
+             ORDER BY doc_key LIMIT $8",
         )
         .bind(source_id)
         .bind(scope)
-        .bind(&end)
+        .bind(i64::from(bounded))
+        .bind(format!("{scope}0"))
         .bind(start)
+        .bind(lo)
+        .bind(hi)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -353,7 +482,7 @@ impl Ledger {
         source_id: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, LedgerError> {
+    ) -> Result<Vec<AnyRow>, LedgerError> {
         let sql = format!(
             "SELECT {columns} FROM documents WHERE source_id = $1 AND doc_key > $2
              ORDER BY doc_key LIMIT $3"
@@ -394,11 +523,22 @@ impl Ledger {
         Ok(())
     }
 
-    pub async fn document_count(&self, source_id: &str) -> Result<i64, LedgerError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM documents WHERE source_id = $1")
-            .bind(source_id)
-            .fetch_one(&self.pool)
-            .await?;
+    /// Rows of a source, or of one partition of it.
+    pub async fn document_count(
+        &self,
+        source_id: &str,
+        partition: Option<Partition>,
+    ) -> Result<i64, LedgerError> {
+        let (lo, hi) = hash_bounds(partition);
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM documents
+             WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3",
+        )
+        .bind(source_id)
+        .bind(lo)
+        .bind(hi)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
@@ -425,12 +565,13 @@ impl Ledger {
         let rows = sqlx::query(
             "SELECT source_id,
                     COUNT(*) AS documents,
-                    SUM(CASE WHEN status = 'indexed' THEN 1 ELSE 0 END) AS indexed,
-                    SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
-                    SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END) AS skipped,
-                    SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,
-                    SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END) AS quarantined,
-                    SUM(chunk_count) AS chunks
+                    CAST(SUM(CASE WHEN status = 'indexed' THEN 1 ELSE 0 END) AS BIGINT) AS indexed,
+                    CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed,
+                    CAST(SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END) AS BIGINT) AS skipped,
+                    CAST(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS BIGINT) AS pending,
+                    CAST(SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END) AS BIGINT)
+                        AS quarantined,
+                    CAST(SUM(chunk_count) AS BIGINT) AS chunks
              FROM documents GROUP BY source_id ORDER BY source_id",
         )
         .fetch_all(&self.pool)
@@ -451,19 +592,26 @@ impl Ledger {
             .collect()
     }
 
-    /// The committed cursor of a source, unless some of its rows are not current (an
-    /// interrupted write, other pipeline settings, an invalidated row): then `None`, so
-    /// that the next scan reads every row again.
+    /// The committed cursor of a work unit (`unit`: a source, or one `partition` of it),
+    /// unless some of its rows are not current (an interrupted write, other pipeline
+    /// settings, an invalidated row): then `None`, so that the next scan reads every row
+    /// again.
     pub async fn cursor(
         &self,
+        unit: &str,
         source_id: &str,
+        partition: Option<Partition>,
         fingerprint: &str,
     ) -> Result<Option<String>, LedgerError> {
+        let (lo, hi) = hash_bounds(partition);
         let stale: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM documents
-             WHERE source_id = $1 AND (status = 'pending' OR fingerprint <> $2 OR version_hint = '')",
+             WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3
+               AND (status = 'pending' OR fingerprint <> $4 OR version_hint = '')",
         )
         .bind(source_id)
+        .bind(lo)
+        .bind(hi)
         .bind(fingerprint)
         .fetch_one(&self.pool)
         .await?
@@ -472,7 +620,7 @@ impl Ledger {
             return Ok(None);
         }
         let row = sqlx::query("SELECT cursor FROM source_state WHERE source_id = $1")
-            .bind(source_id)
+            .bind(unit)
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
@@ -481,21 +629,192 @@ impl Ledger {
         })
     }
 
-    /// Commits a source's cursor (after the scan's round completed), or clears it.
+    /// Commits a unit's cursor (after the scan's round completed), or clears it.
     pub async fn set_cursor(
         &self,
-        source_id: &str,
+        unit: &str,
         cursor: Option<&str>,
+        fence: Option<&Fence>,
     ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check_in(&mut tx).await?;
+        }
         sqlx::query(
             "INSERT INTO source_state (source_id, cursor) VALUES ($1, $2)
              ON CONFLICT (source_id) DO UPDATE SET cursor = excluded.cursor",
         )
-        .bind(source_id)
+        .bind(unit)
         .bind(cursor)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that a full scan of `unit`, begun at `started_ms` (Unix milliseconds),
+    /// completed into `collection`.
+    pub async fn mark_unit_scanned(
+        &self,
+        unit: &str,
+        collection: &str,
+        started_ms: i64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO source_state (source_id, scanned_collection, scan_started_ms)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (source_id) DO UPDATE SET
+                 scanned_collection = excluded.scanned_collection,
+                 scan_started_ms = excluded.scan_started_ms",
+        )
+        .bind(unit)
+        .bind(collection)
+        .bind(started_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Whether a full scan of `unit` into `collection` began at or after `since_ms`
+    /// (another worker synced it during this run).
+    pub async fn unit_scanned_since(
+        &self,
+        unit: &str,
+        collection: &str,
+        since_ms: i64,
+    ) -> Result<bool, LedgerError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM source_state
+             WHERE source_id = $1 AND scanned_collection = $2 AND scan_started_ms >= $3",
+        )
+        .bind(unit)
+        .bind(collection)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Whether every one of `units` completed a full scan into `collection`.
+    pub async fn units_scanned_into(
+        &self,
+        units: &[String],
+        collection: &str,
+    ) -> Result<bool, LedgerError> {
+        for batch in units.chunks(LOOKUP_BATCH) {
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM source_state
+                 WHERE scanned_collection = $1 AND source_id IN ({})",
+                placeholders(2, batch.len())
+            );
+            let mut query = sqlx::query(&sql).bind(collection);
+            for unit in batch {
+                query = query.bind(unit);
+            }
+            let n: i64 = query.fetch_one(&self.pool).await?.try_get("n")?;
+            if n < batch.len() as i64 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records a finished round of a unit: when, and how long its oldest change waited.
+    pub async fn record_unit_round(
+        &self,
+        unit: &str,
+        lag_ms: Option<i64>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO source_state (source_id, last_round_ms, lag_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (source_id) DO UPDATE SET
+                 last_round_ms = excluded.last_round_ms,
+                 lag_ms = COALESCE(excluded.lag_ms, source_state.lag_ms)",
+        )
+        .bind(unit)
+        .bind(now_ms())
+        .bind(lag_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every unit's scan state, for `status`.
+    pub async fn unit_states(&self) -> Result<Vec<UnitState>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT source_id, scanned_collection, scan_started_ms, last_round_ms, lag_ms
+             FROM source_state ORDER BY source_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UnitState {
+                    unit: row.try_get("source_id")?,
+                    scanned_collection: row.try_get("scanned_collection")?,
+                    scan_started_ms: row.try_get("scan_started_ms")?,
+                    last_round_ms: row.try_get("last_round_ms")?,
+                    lag_ms: row.try_get("lag_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Notes documents a worker may have written after it lost their unit, for the next
+    /// holder to re-index (not fenced: the former holder is the one writing it).
+    pub async fn note_repairs(&self, source_id: &str, keys: &[String]) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        for key in keys {
+            sqlx::query(
+                "INSERT INTO repairs (source_id, doc_key, key_hash, noted_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (source_id, doc_key) DO NOTHING",
+            )
+            .bind(source_id)
+            .bind(key)
+            .bind(Partition::key_hash(key))
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes the repairs noted in a unit: their rows are invalidated (the next scan
+    /// re-indexes them) and the notes removed, in one transaction. Returns how many.
+    pub async fn take_repairs(
+        &self,
+        source_id: &str,
+        partition: Option<Partition>,
+    ) -> Result<u64, LedgerError> {
+        let (lo, hi) = hash_bounds(partition);
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT doc_key FROM repairs WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3",
+        )
+        .bind(source_id)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let key: String = row.try_get("doc_key")?;
+            sqlx::query(
+                "UPDATE documents SET version_hint = '', content_hash = NULL
+                 WHERE source_id = $1 AND doc_key = $2",
+            )
+            .bind(source_id)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM repairs WHERE source_id = $1 AND doc_key = $2")
+                .bind(source_id)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
     }
 
     /// Records the latest data-quality check report of a source.
@@ -538,27 +857,102 @@ impl Ledger {
             .collect()
     }
 
-    /// Records the start of a run; returns its id.
-    pub async fn start_run(&self, sources: &[String]) -> Result<i64, LedgerError> {
+    /// Records the start of a run by `worker`; returns its id. Runs left `running` by
+    /// workers that are not in `live_workers` belonged to processes that died.
+    pub async fn start_run(
+        &self,
+        sources: &[String],
+        worker: &str,
+        live_workers: &[String],
+    ) -> Result<i64, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        // A run left `running` belongs to a process that died.
-        sqlx::query("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
-            .execute(&mut *tx)
+        let rows = sqlx::query("SELECT id, worker FROM runs WHERE status = 'running'")
+            .fetch_all(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 AS id FROM runs")
-            .fetch_one(&mut *tx)
-            .await?;
-        let id: i64 = row.try_get("id")?;
-        sqlx::query(
-            "INSERT INTO runs (id, started_at, status, sources) VALUES ($1, $2, 'running', $3)",
-        )
-        .bind(id)
-        .bind(now())
-        .bind(serde_json::to_string(sources).expect("strings serialize"))
-        .execute(&mut *tx)
-        .await?;
+        for row in rows {
+            let owner: Option<String> = row.try_get("worker")?;
+            if owner.is_some_and(|w| live_workers.contains(&w)) {
+                continue;
+            }
+            sqlx::query("UPDATE runs SET status = 'interrupted' WHERE id = $1")
+                .bind(row.try_get::<i64, _>("id")?)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(id)
+        self.insert_run(sources, &now(), None, "running", None, None, worker)
+            .await
+    }
+
+    /// When the run in progress began that this worker joins: the earliest start among
+    /// runs still `running` on live workers (syncs started together on several hosts are
+    /// one run), or `fallback` when there is none earlier.
+    pub async fn joined_run_start(
+        &self,
+        live_workers: &[String],
+        fallback_ms: i64,
+    ) -> Result<i64, LedgerError> {
+        let rows = sqlx::query("SELECT worker, started_at FROM runs WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut start = fallback_ms;
+        for row in rows {
+            let worker: Option<String> = row.try_get("worker")?;
+            if !worker.is_some_and(|w| live_workers.contains(&w)) {
+                continue;
+            }
+            let started: String = row.try_get("started_at")?;
+            if let Ok(at) = time::OffsetDateTime::parse(
+                &started,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                start = start.min((at.unix_timestamp_nanos() / 1_000_000) as i64);
+            }
+        }
+        Ok(start)
+    }
+
+    /// Inserts a run under the next free id (workers sharing a ledger may race for one:
+    /// the loser takes the next).
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_run(
+        &self,
+        sources: &[String],
+        started_at: &str,
+        finished_at: Option<&str>,
+        status: &str,
+        stats: Option<String>,
+        error: Option<&str>,
+        worker: &str,
+    ) -> Result<i64, LedgerError> {
+        let sources = serde_json::to_string(sources).expect("strings serialize");
+        loop {
+            // One statement, so SQLite never has to upgrade a read transaction to a write
+            // one while the pipeline commits (it answers that with "database is locked").
+            let row = sqlx::query(
+                "INSERT INTO runs (id, started_at, finished_at, status, sources, stats, error, worker)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM runs
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(started_at)
+            .bind(finished_at)
+            .bind(status)
+            .bind(&sources)
+            .bind(stats.clone())
+            .bind(error)
+            .bind(worker)
+            .fetch_optional(&self.pool)
+            .await;
+            match row {
+                Ok(Some(row)) => return Ok(row.try_get("id")?),
+                Ok(None) => continue,
+                // Two PostgreSQL sessions inserting the same new id: the second one
+                // waits for the first and then fails on the key; take the next id.
+                Err(err) if is_unique_violation(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// Records a run that already happened (a watch round), keeping the newest
@@ -570,23 +964,19 @@ impl Ledger {
         status: &str,
         stats: &serde_json::Value,
         error: Option<&str>,
+        worker: &str,
     ) -> Result<i64, LedgerError> {
-        // One statement, so it never has to upgrade a read transaction to a write one
-        // while the pipeline commits (SQLite answers that with "database is locked").
-        let row = sqlx::query(
-            "INSERT INTO runs (id, started_at, finished_at, status, sources, stats, error)
-             SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6 FROM runs
-             RETURNING id",
-        )
-        .bind(started_at)
-        .bind(now())
-        .bind(status)
-        .bind(serde_json::to_string(sources).expect("strings serialize"))
-        .bind(stats.to_string())
-        .bind(error)
-        .fetch_one(&self.pool)
-        .await?;
-        let id: i64 = row.try_get("id")?;
+        let id = self
+            .insert_run(
+                sources,
+                started_at,
+                Some(&now()),
+                status,
+                Some(stats.to_string()),
+                error,
+                worker,
+            )
+            .await?;
         sqlx::query("DELETE FROM runs WHERE id <= $1")
             .bind(id - KEPT_RUNS)
             .execute(&self.pool)
@@ -706,7 +1096,7 @@ impl Ledger {
     }
 }
 
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DocRecord, LedgerError> {
+fn record_from_row(row: &AnyRow) -> Result<DocRecord, LedgerError> {
     let point_ids: String = row.try_get("point_ids")?;
     let pending: Option<String> = row.try_get("pending_point_ids")?;
     let chunk_hashes: String = row.try_get("chunk_hashes")?;

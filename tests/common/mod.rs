@@ -191,6 +191,7 @@ impl Workspace {
                 exclude: vec![],
                 respect_gitignore: true,
                 include_hidden: false,
+                partitions: 1,
             })],
             store: self.store.clone(),
             ..Config::default()
@@ -283,4 +284,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n")?.1.to_string();
     Some((code, body))
+}
+
+/// A PostgreSQL database for shared ledgers (`scripts/test` points it at the machine's
+/// PostgreSQL); each test takes a schema of its own in it.
+pub const LEDGER_URL_ENV: &str = "FRESHET_TEST_LEDGER_URL";
+
+/// Whether the shared-ledger tests can run: a ledger database and the pgvector server
+/// (workers need a store they share). Otherwise prints why the test is skipped, and fails
+/// under `FRESHET_REQUIRE_PGVECTOR=1` (set by `scripts/test`).
+pub fn shared_ledger(test: &str) -> bool {
+    if std::env::var(LEDGER_URL_ENV).is_ok() && std::env::var(PGVECTOR_URL_ENV).is_ok() {
+        return true;
+    }
+    if std::env::var("FRESHET_REQUIRE_PGVECTOR").is_ok_and(|v| v == "1") {
+        panic!("{test}: {LEDGER_URL_ENV} and {PGVECTOR_URL_ENV} must be set (run scripts/test)");
+    }
+    eprintln!("SKIPPED {test}: {LEDGER_URL_ENV} (a PostgreSQL database for the shared ledger) and {PGVECTOR_URL_ENV} are needed; scripts/test sets both");
+    false
+}
+
+/// `[ledger]` settings for a fresh shared ledger (a new schema).
+pub fn shared_ledger_config(takeover_s: u64) -> freshet::config::LedgerConfig {
+    freshet::config::LedgerConfig {
+        url_env: Some(LEDGER_URL_ENV.into()),
+        schema: unique_name(),
+        lease_takeover_s: takeover_s,
+    }
 }
