@@ -300,17 +300,18 @@ impl Index {
         let finish = async {
             while let Some(round) = rounds.recv().await {
                 let full_scan_done = round.end == RoundEnd::Full && round.stats.error.is_none();
-                if full_scan_done {
-                    caught_up
-                        .lock()
-                        .expect("watch state lock")
-                        .insert(unit.id.clone());
-                }
                 if let Err(err) = self
                     .finish_round(&unit.id, round, options, full_scan_done)
                     .await
                 {
                     tracing::error!(error = %err, "could not record a round");
+                }
+                // After the round is recorded and reported: readiness implies both.
+                if full_scan_done {
+                    caught_up
+                        .lock()
+                        .expect("watch state lock")
+                        .insert(unit.id.clone());
                 }
             }
         };

@@ -356,8 +356,12 @@ async fn watch_workers_take_over_a_killed_worker_and_match_a_clean_sync() {
     let cluster = Cluster::new(takeover);
     watched_corpus(&cluster, 6);
     let config = cluster.config();
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     let mut workers: Vec<Child> = (0..3)
-        .map(|i| cluster.spawn(&i.to_string(), &["watch"]))
+        .map(|i| {
+            let addr = format!("127.0.0.1:{}", ports[i]);
+            cluster.spawn(&i.to_string(), &["watch", "--metrics-addr", &addr])
+        })
         .collect();
     wait_until(
         "6 units held and caught up",
@@ -440,6 +444,34 @@ async fn watch_workers_take_over_a_killed_worker_and_match_a_clean_sync() {
         || all_units_held_live(&cluster, 6),
     )
     .await;
+    // The survivors' metrics: all six units held between them, and the takeovers counted
+    // (the gauge follows the leases at the next balancing tick, within a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metric = |port: u16, name: &str| -> f64 {
+        let (_, body) = common::http_get(port, "/metrics").expect("metrics served");
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let held: f64 = ports[1..]
+        .iter()
+        .map(|&p| metric(p, "freshet_units_held"))
+        .sum();
+    let takeovers: f64 = ports[1..]
+        .iter()
+        .map(|&p| metric(p, "freshet_lease_takeovers_total"))
+        .sum();
+    assert_eq!(held, 6.0, "units held by the survivors");
+    assert!(
+        takeovers >= victim_units.len() as f64,
+        "takeovers counted: {takeovers}"
+    );
+    let lag: f64 = ports[1..]
+        .iter()
+        .map(|&p| metric(p, "freshet_unit_lag_seconds"))
+        .sum();
+    assert!(lag > 0.0, "lag per unit is exported");
     for worker in &mut workers[1..] {
         signal(worker, "-TERM");
         assert!(wait_exit(worker, Duration::from_secs(60)).success());

@@ -858,7 +858,8 @@ impl Ledger {
     }
 
     /// Records the start of a run by `worker`; returns its id. Runs left `running` by
-    /// workers that are not in `live_workers` belonged to processes that died.
+    /// workers that are not in `live_workers` belonged to processes that died, and those
+    /// of `worker` itself to an earlier run that stopped.
     pub async fn start_run(
         &self,
         sources: &[String],
@@ -871,7 +872,10 @@ impl Ledger {
             .await?;
         for row in rows {
             let owner: Option<String> = row.try_get("worker")?;
-            if owner.is_some_and(|w| live_workers.contains(&w)) {
+            // Another live worker's run goes on; this worker's own earlier run stopped
+            // (a run that failed or was interrupted in this process), as did any run of
+            // a worker that is gone.
+            if owner.is_some_and(|w| w != worker && live_workers.contains(&w)) {
                 continue;
             }
             sqlx::query("UPDATE runs SET status = 'interrupted' WHERE id = $1")
@@ -932,6 +936,8 @@ impl Ledger {
             let row = sqlx::query(
                 "INSERT INTO runs (id, started_at, finished_at, status, sources, stats, error, worker)
                  SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM runs
+                 -- SQLite parses an upsert after a SELECT only when it has a WHERE.
+                 WHERE TRUE
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id",
             )
