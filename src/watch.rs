@@ -69,6 +69,9 @@ const UNIT_TICK: Duration = Duration::from_secs(1);
 /// A unit whose follower stopped on an error is taken again after this long.
 const UNIT_RETRY: Duration = Duration::from_secs(5);
 
+/// The running unit followers: each ends with its unit id and how it ended.
+type Followers<'a> = FuturesUnordered<BoxFuture<'a, (String, Result<Option<String>>)>>;
+
 /// A unit this watcher follows.
 struct Held {
     lease: Lease,
@@ -162,7 +165,7 @@ impl Index {
         held: &mut HashMap<String, Held>,
         stopped: &HashSet<String>,
         retry_at: &mut HashMap<String, Instant>,
-        followers: &mut FuturesUnordered<BoxFuture<'a, (String, Result<Option<String>>)>>,
+        followers: &mut Followers<'a>,
         caught_up: &'a Mutex<HashSet<String>>,
         options: &'a WatchOptions,
     ) -> Result<()> {
