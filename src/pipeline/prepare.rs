@@ -1,0 +1,215 @@
+//! Reading, extracting and chunking one document (on the blocking pool), and settling one
+//! that yields no new points — a document that cannot be indexed fails alone, never the
+//! run, and keeps serving only the points its row vouches for.
+
+use std::panic::AssertUnwindSafe;
+
+use freshet_connectors::{content_hash, RawDoc, ReadError};
+
+use super::{Ctx, Outcome, PreparedDoc, Work};
+use crate::extract::{extract, ExtractError, MediaType};
+use crate::ledger::{now, DocRecord, DocStatus};
+use crate::store::PointId;
+
+/// How a document that ends without new points (failed or skipped) is settled: its row,
+/// and the points to delete with it.
+pub(super) struct Settled {
+    pub(super) status: DocStatus,
+    pub(super) reason: String,
+    pub(super) hash: Option<String>,
+    pub(super) media: Option<MediaType>,
+    pub(super) decode_warning: Option<String>,
+}
+
+impl Settled {
+    pub(super) fn settle(
+        self,
+        ctx: &Ctx,
+        key: &str,
+        version: &str,
+        prior: Option<&DocRecord>,
+    ) -> (DocRecord, Outcome, Vec<PointId>) {
+        // A document that fails keeps serving the points its row vouches for, until it is
+        // fixed; one that is skipped (now empty, unsupported) has nothing to serve. Points
+        // an interrupted write may have left are never vouched for: they go.
+        let keep: Vec<PointId> = match (self.status, prior) {
+            (DocStatus::Failed | DocStatus::Quarantined, Some(p))
+                if p.status != DocStatus::Pending && p.collection == ctx.collection =>
+            {
+                p.point_ids.clone()
+            }
+            _ => Vec::new(),
+        };
+        let drop_ids: Vec<PointId> = ctx
+            .maybe_present(prior)
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        let outcome = match self.status {
+            DocStatus::Failed => Outcome::Failed,
+            DocStatus::Quarantined => Outcome::Quarantined,
+            _ => Outcome::Skipped,
+        };
+        let record = DocRecord {
+            source_id: ctx.source_id.clone(),
+            doc_key: key.to_string(),
+            version_hint: version.to_string(),
+            content_hash: self.hash,
+            fingerprint: ctx.fingerprint.clone(),
+            status: self.status,
+            reason: Some(self.reason),
+            media_type: self.media.map(|m| media_name(m).to_string()),
+            collection: ctx.collection.clone(),
+            chunk_hashes: if keep.is_empty() {
+                Vec::new()
+            } else {
+                prior.map(|p| p.chunk_hashes.clone()).unwrap_or_default()
+            },
+            point_ids: keep,
+            pending_point_ids: None,
+            decode_warning: self.decode_warning,
+            first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
+            updated_at: now(),
+        };
+        (record, outcome, drop_ids)
+    }
+}
+
+/// Reads, hashes, extracts and chunks one document (blocking).
+pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
+    let record = |status: DocStatus,
+                  reason: String,
+                  hash: Option<String>,
+                  media: Option<MediaType>|
+     -> Work {
+        let (record, outcome, drop_ids) = Settled {
+            status,
+            reason,
+            hash,
+            media,
+            decode_warning: None,
+        }
+        .settle(ctx, &doc.key, &doc.version, prior.as_ref());
+        Work::Record {
+            record,
+            outcome,
+            drop_ids,
+        }
+    };
+    let media = match &doc.media {
+        Some(name) => MediaType::from_name(name),
+        None => MediaType::from_key(&doc.key),
+    };
+    let Some(media) = media else {
+        let ext = doc.key.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+        let reason = if ext.is_empty() {
+            "unsupported file type (no extension); add it to `exclude` to silence this".to_string()
+        } else {
+            format!("unsupported file type (.{ext}); add it to `exclude` to silence this")
+        };
+        return record(DocStatus::Skipped, reason, None, None);
+    };
+    let bytes = match doc.content.read(ctx.max_document_bytes) {
+        Ok(bytes) => bytes,
+        // Gone since it was listed (a watcher sees this all the time): not a failure.
+        // Its points go; the deletion's own event or the next scan removes the row.
+        Err(err @ ReadError::Vanished) => {
+            tracing::debug!(source = %ctx.source_id, key = %doc.key, "vanished before it was read");
+            return record(DocStatus::Skipped, err.to_string(), None, Some(media));
+        }
+        Err(err) => return record(DocStatus::Failed, err.to_string(), None, Some(media)),
+    };
+    // A row's payload fields are part of what it is: a changed tenant column must reach
+    // the payload even when the text is the same (its vectors are then reused).
+    let hash = if doc.metadata.is_empty() {
+        content_hash(&bytes)
+    } else {
+        let mut all = bytes.clone();
+        all.push(0x1f);
+        all.extend(
+            serde_json::Value::Object(doc.metadata.clone())
+                .to_string()
+                .as_bytes(),
+        );
+        content_hash(&all)
+    };
+    if let Some(p) = &prior {
+        if p.status == DocStatus::Indexed
+            && p.content_hash.as_deref() == Some(hash.as_str())
+            && p.fingerprint == ctx.fingerprint
+            && p.collection == ctx.collection
+        {
+            let mut same = p.clone();
+            same.version_hint = doc.version.clone();
+            same.updated_at = now();
+            return Work::Record {
+                record: same,
+                outcome: Outcome::ContentUnchanged,
+                drop_ids: Vec::new(),
+            };
+        }
+    }
+    // Parsers of untrusted bytes can panic; one bad document must not end the run.
+    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        extract(&bytes, media).map(|extracted| {
+            let chunks = ctx.chunker.chunk(&extracted, media);
+            (extracted, chunks)
+        })
+    }));
+    drop(bytes);
+    match parsed {
+        Ok(Ok((extracted, chunks))) => {
+            if chunks.is_empty() {
+                return record(
+                    DocStatus::Skipped,
+                    "no text to index after cleaning".into(),
+                    Some(hash),
+                    Some(media),
+                );
+            }
+            Work::Index(PreparedDoc {
+                key: doc.key,
+                version: doc.version,
+                hash,
+                media,
+                title: extracted.title,
+                decode_warning: extracted.decode_warning,
+                chunks,
+                prior,
+                metadata: doc.metadata,
+            })
+        }
+        Ok(Err(ExtractError::Skip(reason))) => {
+            record(DocStatus::Skipped, reason, Some(hash), Some(media))
+        }
+        Ok(Err(ExtractError::Invalid(reason))) => {
+            record(DocStatus::Failed, reason, Some(hash), Some(media))
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            record(
+                DocStatus::Failed,
+                format!(
+                    "the {} parser crashed on this document ({what}); please report it with the file",
+                    media_name(media)
+                ),
+                Some(hash),
+                Some(media),
+            )
+        }
+    }
+}
+
+pub(super) fn media_name(media: MediaType) -> &'static str {
+    match media {
+        MediaType::Markdown => "markdown",
+        MediaType::PlainText => "text",
+        MediaType::Code => "code",
+        MediaType::Html => "html",
+        MediaType::Pdf => "pdf",
+    }
+}
