@@ -24,12 +24,15 @@ struct Args {
     rows: usize,
     workers: Vec<usize>,
     takeover_s: u64,
+    /// ONNX Runtime threads per worker (0: all cores, each).
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         rows: 600,
         workers: vec![1, 2, 3],
+        threads: 0,
         takeover_s: 10,
     };
     let mut it = std::env::args().skip(1);
@@ -41,7 +44,10 @@ fn parse_args() -> Result<Args> {
                 args.workers = value.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--takeover-s" => args.takeover_s = value.parse()?,
-            other => bail!("unknown flag {other} (--rows N --workers 1,2,3 --takeover-s S)"),
+            "--threads" => args.threads = value.parse()?,
+            other => {
+                bail!("unknown flag {other} (--rows N --workers 1,2,3 --takeover-s S --threads T)")
+            }
         }
     }
     Ok(args)
@@ -101,14 +107,14 @@ struct Setup {
 
 impl Setup {
     /// A config for a fresh ledger schema and a fresh pgvector table.
-    fn config(&self, takeover_s: u64) -> Result<PathBuf> {
+    fn config(&self, takeover_s: u64, threads: usize) -> Result<PathBuf> {
         let schema = unique("bench_ledger");
         let store = unique("bench_vectors");
         let path = self.dir.path().join(format!("{schema}.toml"));
         std::fs::write(
             &path,
             format!(
-                "data_dir = \"data\"\n\n[[sources]]\ntype = \"sql\"\nid = \"logs\"\nurl_env = \"FRESHET_LEDGER_URL\"\ntable = \"{}\"\nkey = [\"id\"]\ntext = \"{{body}}\"\npartitions = 6\n\n[ledger]\nurl_env = \"FRESHET_LEDGER_URL\"\nschema = \"{schema}\"\nlease_takeover_s = {takeover_s}\n\n[store]\nkind = \"pgvector\"\nurl_env = \"FRESHET_PGVECTOR_URL\"\ntable = \"{store}\"\n",
+                "data_dir = \"data\"\n\n[[sources]]\ntype = \"sql\"\nid = \"logs\"\nurl_env = \"FRESHET_LEDGER_URL\"\ntable = \"{}\"\nkey = [\"id\"]\ntext = \"{{body}}\"\npartitions = 6\n\n[embedding]\nthreads = {threads}\n\n[ledger]\nurl_env = \"FRESHET_LEDGER_URL\"\nschema = \"{schema}\"\nlease_takeover_s = {takeover_s}\n\n[store]\nkind = \"pgvector\"\nurl_env = \"FRESHET_PGVECTOR_URL\"\ntable = \"{store}\"\n",
                 self.table
             ),
         )?;
@@ -171,15 +177,20 @@ async fn main() -> Result<()> {
         .await?;
     }
     println!(
-        "table {} rows, partitions = 6, {} cores, binary {}",
+        "table {} rows, partitions = 6, {} cores, {} ONNX Runtime threads per worker, binary {}",
         args.rows,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.threads == 0 {
+            "all cores".to_string()
+        } else {
+            args.threads.to_string()
+        },
         setup.binary.display()
     );
 
     let mut base = None;
     for &workers in &args.workers {
-        let config = setup.config(args.takeover_s)?;
+        let config = setup.config(args.takeover_s, args.threads)?;
         let started = Instant::now();
         let mut children = (0..workers)
             .map(|i| setup.spawn(&config, &format!("sync-{workers}-{i}"), &["sync"]))
@@ -214,7 +225,7 @@ async fn main() -> Result<()> {
     }
 
     for (how, signal) in [("kill -9", "-KILL"), ("SIGSTOP", "-STOP")] {
-        let config = setup.config(args.takeover_s)?;
+        let config = setup.config(args.takeover_s, args.threads)?;
         let parsed = setup.open(&config).await?;
         let mut first = setup.spawn(&config, &format!("watch-a-{signal}"), &["watch"])?;
         let held_by = |pid: u32| {
