@@ -135,6 +135,30 @@ impl OwnServer {
             self.port
         )
     }
+
+    /// Waits until the run has written points into `view` (so that an outage now hits
+    /// writes, whatever the machine's speed).
+    fn wait_for_points(&self, view: &str) {
+        let url = self.url();
+        let sql = format!("SELECT COUNT(*) FROM public.{view}");
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(180);
+            loop {
+                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                    let count: Result<i64, _> = sqlx::query_scalar(&sql).fetch_one(&pool).await;
+                    pool.close().await;
+                    if count.is_ok_and(|n| n > 0) {
+                        return;
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no point was written within 180 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
 }
 
 impl Drop for OwnServer {
@@ -206,9 +230,9 @@ fn a_pgvector_server_dying_mid_run_is_retried_then_the_run_stops_and_the_next_co
             .unwrap()
     };
 
-    // A short outage: the writes are retried and the run completes.
+    // A short outage once writes are under way: they are retried and the run completes.
     let child = spawn_sync();
-    std::thread::sleep(Duration::from_millis(2500));
+    server.wait_for_points("notes");
     server.stop();
     std::thread::sleep(Duration::from_millis(2000));
     server.start();
