@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, Workspace};
+use common::{free_port, http_get, signal, wait_exit, Workspace};
 
 fn freshet(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_freshet"));
@@ -29,26 +29,7 @@ fn stderr(output: &Output) -> String {
 }
 
 fn sigterm(child: &Child) {
-    // The workspace forbids unsafe code (libc::kill), so the kill command sends it.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("freshet did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    signal(child, "-TERM");
 }
 
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {

@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{shared_ledger, shared_ledger_config, store_toml, StoreKind};
+use common::{shared_ledger, shared_ledger_config, signal, store_toml, wait_exit, StoreKind};
 use freshet::config::{Config, LedgerConfig, StoreConfig};
 
 /// A set of workers' shared setting: a temp dir, the ledger schema and the store table.
@@ -86,29 +86,6 @@ impl Cluster {
     ) {
         freshet::ledger::open(&self.config()).await.unwrap()
     }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a worker did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn signal(child: &Child, signal: &str) {
-    // The workspace forbids unsafe code (libc::kill), so the kill command sends it.
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 async fn wait_until<F, Fut>(what: &str, within: Duration, mut done: F) -> Duration
@@ -582,8 +559,8 @@ async fn a_paused_worker_that_lost_its_unit_cannot_commit_when_it_wakes() {
     assert_eq!(contents(&config).await, clean_sync(&cluster).await);
 }
 
-const SQL_URL_ENV: &str = "FRESHET_TEST_WORKERS_SQL_URL";
-const SQL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The table lives in the ledger's database: the workers inherit its URL variable.
+const SQL_URL_ENV: &str = common::LEDGER_URL_ENV;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_table_splits_over_workers_and_recutting_embeds_nothing() {
@@ -592,7 +569,9 @@ async fn a_partitioned_table_splits_over_workers_and_recutting_embeds_nothing() 
     }
     let cluster = Cluster::new(10);
     let table = common::unique_name();
-    let pool = sqlx::PgPool::connect(SQL_URL).await.unwrap();
+    let pool = sqlx::PgPool::connect(&std::env::var(SQL_URL_ENV).unwrap())
+        .await
+        .unwrap();
     sqlx::query(&format!(
         "CREATE TABLE {table} (id INT PRIMARY KEY, title TEXT, body TEXT)"
     ))
@@ -614,24 +593,7 @@ async fn a_partitioned_table_splits_over_workers_and_recutting_embeds_nothing() 
         )
     };
     cluster.write_config(&sources(4));
-    let spawn = |name: &str| {
-        let log = std::fs::File::create(cluster.path(&format!("worker-{name}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_freshet"))
-            .current_dir(cluster.dir.path())
-            .env(SQL_URL_ENV, SQL_URL)
-            .args([
-                "--config",
-                "config.toml",
-                "--data-dir",
-                &format!("data-{name}"),
-                "-v",
-                "sync",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |name: &str| cluster.spawn(name, &["sync"]);
     let mut workers = [spawn("a"), spawn("b")];
     for (name, worker) in ["a", "b"].iter().zip(workers.iter_mut()) {
         let status = wait_exit(worker, Duration::from_secs(300));

@@ -405,20 +405,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// One page of a source's document keys in key order, after `after`.
-    pub async fn keys_page(
-        &self,
-        source_id: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, LedgerError> {
-        self.page("doc_key", source_id, after, limit)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String, _>("doc_key").map_err(Into::into))
-            .collect()
-    }
-
     /// One page of a source's keys in key order, after `after`, from the key range that
     /// holds `scope` and everything below `scope/` (all keys for the empty scope), in
     /// `partition` when given. The range may also hold neighbours such as `scope.md`;

@@ -312,3 +312,31 @@ pub fn shared_ledger_config(takeover_s: u64) -> freshet::config::LedgerConfig {
         lease_takeover_s: takeover_s,
     }
 }
+
+/// Sends `signal` (e.g. `-TERM`, `-STOP`) to a child. The workspace forbids unsafe code
+/// (libc::kill), so the kill command sends it.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child to exit; kills it and fails the test after `within`.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("freshet did not exit within {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
