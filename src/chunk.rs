@@ -4,12 +4,11 @@
 //! Invariant: chunking is deterministic: the same text and settings give the same chunks
 //! (texts, ranges, hashes) in the same order, so chunk identities are stable across runs.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
 use crate::config::ChunkingConfig;
+use crate::embed::Tokens;
 use crate::extract::{Extracted, MediaType};
 
 /// Bumped when chunk boundaries or embedded text can change for the same input; part of
@@ -37,7 +36,7 @@ pub struct Chunk {
 }
 
 pub struct Chunker {
-    tokenizer: Arc<tokenizers::Tokenizer>,
+    tokenizer: Tokens,
     settings: ChunkingConfig,
 }
 
@@ -50,8 +49,8 @@ impl std::fmt::Debug for Chunker {
 }
 
 impl Chunker {
-    /// `tokenizer` must have padding and truncation disabled, or sizes come out wrong.
-    pub fn new(tokenizer: Arc<tokenizers::Tokenizer>, settings: ChunkingConfig) -> Self {
+    /// `tokenizer` counts tokens as the embedding model does (see [`Tokens`]).
+    pub fn new(tokenizer: Tokens, settings: ChunkingConfig) -> Self {
         Self {
             tokenizer,
             settings,
@@ -69,7 +68,7 @@ impl Chunker {
     /// Splits a document. Pure and CPU-bound: call it off the async runtime.
     pub fn chunk(&self, doc: &Extracted, media: MediaType) -> Vec<Chunk> {
         let config = ChunkConfig::new(self.settings.max_tokens)
-            .with_sizer(&*self.tokenizer)
+            .with_sizer(&self.tokenizer)
             .with_overlap(self.settings.overlap_tokens)
             .expect("validated: overlap is less than the chunk size");
         let pieces: Vec<(usize, &str)> = if media.is_markdown_like() {
@@ -132,7 +131,7 @@ mod tests {
 
     /// A real WordPiece tokenizer built in memory: tests beside the code must not depend on
     /// the provisioned model, and chunking only needs token counts.
-    fn tokenizer() -> Arc<tokenizers::Tokenizer> {
+    fn tokenizer() -> Tokens {
         use tokenizers::models::wordlevel::WordLevel;
         use tokenizers::pre_tokenizers::whitespace::Whitespace;
         let mut vocab = std::collections::HashMap::new();
@@ -144,7 +143,7 @@ mod tests {
             .unwrap();
         let mut tokenizer = tokenizers::Tokenizer::new(model);
         tokenizer.with_pre_tokenizer(Some(Whitespace {}));
-        Arc::new(tokenizer)
+        Tokens::new(tokenizer)
     }
 
     fn doc(text: &str) -> Extracted {
@@ -185,11 +184,7 @@ mod tests {
         assert!(a.len() > 5, "{} chunks", a.len());
         for chunk in &a {
             assert_eq!(&text[chunk.byte_start..chunk.byte_end], chunk.text);
-            let tokens = chunker
-                .tokenizer
-                .encode(chunk.text.as_str(), false)
-                .unwrap()
-                .len();
+            let tokens = chunker.tokenizer.count(&chunk.text);
             assert!(tokens <= 64, "chunk {} has {tokens} tokens", chunk.index);
         }
         let indices: Vec<u32> = a.iter().map(|c| c.index).collect();

@@ -531,6 +531,125 @@ pub struct EmbeddingConfig {
     /// Longest input the model sees, in tokens; longer texts are truncated.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// What computes the vectors: `local` (the model above, through ONNX Runtime) or
+    /// `openai` (any OpenAI-compatible `/v1/embeddings` service, set up below).
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// Where the local model runs: `cpu`, `cuda` (device 0) or `cuda:N`. Not part of the
+    /// index fingerprint: the same model gives the same vectors on either.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// What to do when `device` cannot be used: unset fails with the reason; `cpu` logs
+    /// it and runs on the CPU.
+    #[serde(default)]
+    pub fallback: Option<DeviceFallback>,
+    /// `openai` provider: the service's base URL (`…/v1`) or its full `…/embeddings` URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `openai` provider: the model name sent with every request.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `openai` provider: the environment variable holding the API key (sent as a
+    /// bearer token). Unset: no key is sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// `openai` provider: asks for vectors of this length (models that support it, such
+    /// as text-embedding-3-*). Unset: the model's own.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    /// `openai` provider: requests in flight at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// `openai` provider: most texts per request.
+    #[serde(default = "default_max_batch_texts")]
+    pub max_batch_texts: usize,
+    /// `openai` provider: most tokens per request (counted by `tokenizer`).
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// `openai` provider: seconds one request may take before it is retried.
+    #[serde(default = "default_embed_timeout_s")]
+    pub timeout_s: f64,
+    /// `openai` provider: retries of a request on 429, 5xx, timeouts and lost
+    /// connections before the run fails.
+    #[serde(default = "default_embed_retries")]
+    pub max_retries: u32,
+    /// `openai` provider: what sizes chunks and batches: `cl100k_base` or `o200k_base`
+    /// (OpenAI's encodings), or the path of the model's `tokenizer.json`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// `openai` provider: the model's input window in tokens. A chunk longer than this is
+    /// never sent (the service would truncate it or refuse it); it fails its document.
+    #[serde(default)]
+    pub max_input_tokens: Option<usize>,
+}
+
+/// Which embedder computes vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[default]
+    Local,
+    Openai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceFallback {
+    Cpu,
+}
+
+/// A parsed `embedding.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(i32),
+}
+
+impl EmbeddingConfig {
+    /// The tokenizer an embedding service's texts are sized with: `tokenizer` when set,
+    /// else `cl100k_base` for OpenAI's own `text-embedding-*` models.
+    pub fn service_tokenizer(&self) -> std::result::Result<String, String> {
+        if let Some(tokenizer) = &self.tokenizer {
+            return Ok(tokenizer.clone());
+        }
+        match self.model.as_deref() {
+            Some(model) if model.starts_with("text-embedding-") => Ok("cl100k_base".into()),
+            _ => Err("embedding.provider = \"openai\" needs embedding.tokenizer: \"cl100k_base\", \"o200k_base\" or the path of the model's tokenizer.json, so chunks are sized in the model's own tokens".into()),
+        }
+    }
+
+    /// The service model's input window: `max_input_tokens`, else 8191 for OpenAI's
+    /// encodings (their embedding models' window).
+    pub fn input_window(&self) -> std::result::Result<usize, String> {
+        if let Some(window) = self.max_input_tokens {
+            return if window == 0 {
+                Err("embedding.max_input_tokens must be at least 1".into())
+            } else {
+                Ok(window)
+            };
+        }
+        match self.service_tokenizer()?.as_str() {
+            "cl100k_base" | "o200k_base" => Ok(8191),
+            _ => Err("embedding.max_input_tokens is needed with a tokenizer.json: the model's input window in tokens (e.g. 512 for BERT-style models)".into()),
+        }
+    }
+
+    pub fn parsed_device(&self) -> std::result::Result<Device, String> {
+        match self.device.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0)
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    format!(
+                        "embedding.device = {other:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""
+                    )
+                }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -621,6 +740,24 @@ const fn default_batch_tokens() -> usize {
 const fn default_max_length() -> usize {
     512
 }
+fn default_device() -> String {
+    "cpu".into()
+}
+const fn default_max_concurrency() -> usize {
+    4
+}
+const fn default_max_batch_texts() -> usize {
+    64
+}
+const fn default_max_batch_tokens() -> usize {
+    16_384
+}
+const fn default_embed_timeout_s() -> f64 {
+    60.0
+}
+const fn default_embed_retries() -> u32 {
+    6
+}
 const fn default_channel_depth() -> usize {
     1024
 }
@@ -654,6 +791,20 @@ impl Default for EmbeddingConfig {
             batch_tokens: default_batch_tokens(),
             threads: 0,
             max_length: default_max_length(),
+            provider: ProviderKind::default(),
+            device: default_device(),
+            fallback: None,
+            url: None,
+            model: None,
+            api_key_env: None,
+            dimensions: None,
+            max_concurrency: default_max_concurrency(),
+            max_batch_texts: default_max_batch_texts(),
+            max_batch_tokens: default_max_batch_tokens(),
+            timeout_s: default_embed_timeout_s(),
+            max_retries: default_embed_retries(),
+            tokenizer: None,
+            max_input_tokens: None,
         }
     }
 }
@@ -764,6 +915,12 @@ impl Config {
         if let Some(lib) = &self.embedding.onnxruntime_library {
             self.embedding.onnxruntime_library = Some(resolve(lib));
         }
+        if let Some(tokenizer) = &self.embedding.tokenizer {
+            if tokenizer.ends_with(".json") {
+                self.embedding.tokenizer =
+                    Some(resolve(Path::new(tokenizer)).display().to_string());
+            }
+        }
         if let StoreConfig::Qdrant(QdrantConfig {
             ca_cert: Some(cert),
             ..
@@ -771,6 +928,75 @@ impl Config {
         {
             *cert = resolve(cert);
         }
+    }
+
+    /// The embedder's settings: a known device, and for a service everything it needs.
+    fn validate_embedding(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let embedding = &self.embedding;
+        let device = embedding.parsed_device().map_err(ConfigError::Invalid)?;
+        if embedding.batch_size == 0 || embedding.batch_tokens == 0 {
+            return invalid(
+                "embedding.batch_size and embedding.batch_tokens must be at least 1".into(),
+            );
+        }
+        if embedding.provider == ProviderKind::Local {
+            return Ok(());
+        }
+        if device != Device::Cpu {
+            return invalid(format!(
+                "embedding.device = {:?} applies to the local model; an embedding service chooses its own device",
+                embedding.device
+            ));
+        }
+        let Some(url) = embedding.url.as_deref() else {
+            return invalid("embedding.provider = \"openai\" needs embedding.url (the service's `…/v1` base URL)".into());
+        };
+        match url::Url::parse(url) {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+            _ => {
+                return invalid(format!(
+                    "embedding.url = {url:?} is not an http:// or https:// URL"
+                ))
+            }
+        }
+        if embedding
+            .model
+            .as_deref()
+            .is_none_or(|m| m.trim().is_empty())
+        {
+            return invalid("embedding.provider = \"openai\" needs embedding.model (the name the service knows the model by)".into());
+        }
+        if embedding.max_concurrency == 0
+            || embedding.max_batch_texts == 0
+            || embedding.max_batch_tokens == 0
+        {
+            return invalid("embedding.max_concurrency, max_batch_texts and max_batch_tokens must be at least 1".into());
+        }
+        if !(embedding.timeout_s > 0.0 && embedding.timeout_s.is_finite()) {
+            return invalid(format!(
+                "embedding.timeout_s = {} must be a positive number of seconds",
+                embedding.timeout_s
+            ));
+        }
+        if embedding.dimensions == Some(0) {
+            return invalid("embedding.dimensions must be at least 1 when set".into());
+        }
+        let window = embedding.input_window().map_err(ConfigError::Invalid)?;
+        if self.chunking.max_tokens > window {
+            return invalid(format!(
+                "chunking.max_tokens = {} is more than the model's window (embedding.max_input_tokens = {window}); lower max_tokens",
+                self.chunking.max_tokens
+            ));
+        }
+        if self.chunking.max_tokens > embedding.max_batch_tokens {
+            return invalid(format!(
+                "chunking.max_tokens = {} is more than embedding.max_batch_tokens = {}: a chunk must fit a request",
+                self.chunking.max_tokens, embedding.max_batch_tokens
+            ));
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -880,17 +1106,15 @@ impl Config {
                 chunking.overlap_tokens, chunking.max_tokens
             ));
         }
+        self.validate_embedding()?;
         // Two tokens for [CLS] and [SEP]: a chunk must reach the model whole.
-        if chunking.max_tokens + 2 > self.embedding.max_length {
+        if self.embedding.provider == ProviderKind::Local
+            && chunking.max_tokens + 2 > self.embedding.max_length
+        {
             return invalid(format!(
                 "chunking.max_tokens = {} does not fit the model input (embedding.max_length = {}, minus 2 special tokens); lower max_tokens",
                 chunking.max_tokens, self.embedding.max_length
             ));
-        }
-        if self.embedding.batch_size == 0 || self.embedding.batch_tokens == 0 {
-            return invalid(
-                "embedding.batch_size and embedding.batch_tokens must be at least 1".into(),
-            );
         }
         let pipeline = &self.pipeline;
         if pipeline.channel_depth == 0 || pipeline.commit_batch_chunks == 0 {
@@ -966,6 +1190,61 @@ pub fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_parse_and_unknown_ones_are_refused() {
+        let device = |d: &str| {
+            EmbeddingConfig {
+                device: d.into(),
+                ..EmbeddingConfig::default()
+            }
+            .parsed_device()
+        };
+        assert_eq!(device("cpu"), Ok(Device::Cpu));
+        assert_eq!(device("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(device("cuda:3"), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x"] {
+            assert!(device(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_embedding_service_needs_url_model_and_a_tokenizer_that_fits() {
+        let service = |extra: &str| {
+            Config::parse(&format!(
+                "[embedding]\nprovider = \"openai\"\nurl = \"http://127.0.0.1:8080/v1\"\n{extra}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        let err = |extra: &str| service(extra).unwrap_err().to_string();
+        // OpenAI's own models get cl100k_base and an 8191-token window.
+        service("model = \"text-embedding-3-small\"").unwrap();
+        assert!(err("").contains("embedding.model"));
+        assert!(err("model = \"bge\"").contains("embedding.tokenizer"));
+        assert!(
+            err("model = \"bge\"\ntokenizer = \"/m/tokenizer.json\"").contains("max_input_tokens")
+        );
+        service("model = \"bge\"\ntokenizer = \"/m/tokenizer.json\"\nmax_input_tokens = 512")
+            .unwrap();
+        assert!(
+            err("model = \"bge\"\ntokenizer = \"o200k_base\"\nmax_input_tokens = 100")
+                .contains("window")
+        );
+        assert!(err("model = \"text-embedding-3-small\"\ndevice = \"cuda\"")
+            .contains("applies to the local model"));
+        assert!(
+            err("model = \"text-embedding-3-small\"\nmax_concurrency = 0").contains("at least 1")
+        );
+        let bad_url = Config::parse(
+            "[embedding]\nprovider = \"openai\"\nurl = \"localhost:8080\"\nmodel = \"m\"",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(bad_url.contains("not an http"), "{bad_url}");
+    }
 
     #[test]
     fn empty_file_gives_documented_defaults() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::chunk::Chunker;
 use crate::config::Config;
-use crate::embed::{Embedder, FastEmbedder};
+use crate::embed::Embedder;
 use crate::extract::EXTRACTOR_VERSION;
 use crate::ledger::{Leases, Ledger};
 use crate::store::{Catalog, EdgeCatalog, Filter, Hit, VectorStore};
@@ -176,11 +176,8 @@ impl Index {
         Ok(Self {
             ledger,
             leases,
-            chunker: Arc::new(Chunker::new(
-                Arc::new(embedder.tokenizer().clone()),
-                config.chunking.clone(),
-            )),
-            embedder: Arc::new(embedder),
+            chunker: Arc::new(Chunker::new(embedder.tokens(), config.chunking.clone())),
+            embedder,
             published: AtomicBool::new(published.as_ref() == Some(&info)),
             completed: AtomicBool::new(completed),
             catalog,
@@ -230,11 +227,8 @@ impl Index {
         Ok(Self {
             ledger,
             leases,
-            chunker: Arc::new(Chunker::new(
-                Arc::new(embedder.tokenizer().clone()),
-                config.chunking.clone(),
-            )),
-            embedder: Arc::new(embedder),
+            chunker: Arc::new(Chunker::new(embedder.tokens(), config.chunking.clone())),
+            embedder,
             catalog,
             store,
             info,
@@ -356,9 +350,9 @@ impl Index {
 }
 
 /// Loads the configured model off the async runtime (it reads and compiles the ONNX file).
-async fn load_embedder(config: &Config) -> Result<FastEmbedder> {
+async fn load_embedder(config: &Config) -> Result<Arc<dyn Embedder>> {
     let embedding = config.embedding.clone();
-    tokio::task::spawn_blocking(move || FastEmbedder::load(&embedding))
+    tokio::task::spawn_blocking(move || crate::embed::load(&embedding))
         .await
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(Error::from)

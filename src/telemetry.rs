@@ -106,6 +106,23 @@ fn describe() {
         "freshet_runs_total",
         "Sync runs and watch rounds, by outcome"
     );
+    describe_counter!(
+        "freshet_embed_requests_total",
+        "Requests to the embedding service, by outcome (ok, retried, error)"
+    );
+    describe_counter!(
+        "freshet_embed_retries_total",
+        "Embedding requests sent again after a 429, a 5xx, a timeout or a lost connection"
+    );
+    describe_counter!(
+        "freshet_embed_tokens_sent_total",
+        "Tokens in embedding requests the service answered (counted by the configured tokenizer)"
+    );
+    describe_gauge!(
+        "freshet_embed_throttled_seconds_total",
+        Unit::Seconds,
+        "Seconds spent waiting because the embedding service said 429 or 503 (only grows)"
+    );
     describe_gauge!(
         "freshet_units_held",
         "Work units (sources or partitions) this worker holds and follows"

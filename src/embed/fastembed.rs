@@ -1,8 +1,9 @@
 //! The default embedder: a local ONNX model (all-MiniLM-L6-v2 int8 unless configured) run
-//! by fastembed over a dynamically loaded ONNX Runtime.
+//! by fastembed over a dynamically loaded ONNX Runtime, on the CPU or a CUDA device.
 //!
 //! Invariant: inputs are embedded in length-sorted batches (padding is pure waste) and the
-//! results are returned in input order.
+//! results are returned in input order; a configured GPU is used or the load fails (the
+//! CPU stands in only when `fallback = "cpu"` says so, and that is logged).
 
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -13,8 +14,8 @@ use fastembed::{
 
 use ort::environment::Environment;
 
-use super::{locate, EmbedError, Embedder};
-use crate::config::{EmbeddingConfig, PoolingConfig};
+use super::{locate, EmbedError, Embedder, Tokens};
+use crate::config::{Device, DeviceFallback, EmbeddingConfig, PoolingConfig};
 
 pub struct FastEmbedder {
     model: Mutex<TextEmbedding>,
@@ -25,6 +26,8 @@ pub struct FastEmbedder {
     /// The model's tokenizer without padding or truncation, for sizing chunks and counting
     /// real tokens.
     tokenizer: tokenizers::Tokenizer,
+    tokens: Tokens,
+    device: Device,
 }
 
 impl std::fmt::Debug for FastEmbedder {
@@ -43,7 +46,11 @@ static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
 /// Loads ONNX Runtime and returns the process's environment (sessions need one, and
 /// ONNX Runtime allows only one per process).
 pub fn ort_environment(configured: Option<&Path>) -> Result<Environment, EmbedError> {
-    let path = locate::onnxruntime_library(configured)?;
+    ort_environment_for(configured, false)
+}
+
+fn ort_environment_for(configured: Option<&Path>, gpu: bool) -> Result<Environment, EmbedError> {
+    let path = locate::onnxruntime_library(configured, gpu)?;
     let loaded = RUNTIME.get_or_init(|| {
         ort::init_from(&path)
             .map_err(|err| err.to_string())?
@@ -75,9 +82,111 @@ pub fn load_plain_tokenizer(model_dir: &Path) -> Result<tokenizers::Tokenizer, E
     Ok(tokenizer)
 }
 
+/// CUDA and cuDNN libraries in the order they depend on each other. Loaded from the
+/// provisioned directory before the CUDA provider registers, so the provider finds them by
+/// soname without `LD_LIBRARY_PATH`.
+const CUDA_LIBRARY_PREFIXES: [&str; 14] = [
+    "libcudart.so",
+    "libcublasLt.so",
+    "libcublas.so",
+    "libnvrtc.so",
+    "libcurand.so",
+    "libcufft.so",
+    "libcudnn.so",
+    "libcudnn_graph.so",
+    "libcudnn_ops.so",
+    "libcudnn_heuristic.so",
+    "libcudnn_adv.so",
+    "libcudnn_cnn.so",
+    "libcudnn_engines_precompiled.so",
+    "libcudnn_engines_runtime_compiled.so",
+];
+
+/// Loads the provisioned CUDA libraries, when `scripts/provision --gpu` put them there;
+/// without them the provider searches the system's library path.
+fn preload_cuda_libraries() -> Result<(), String> {
+    let dir = locate::cuda_libraries_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for prefix in CUDA_LIBRARY_PREFIXES {
+        let mut found: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with(prefix) && n[prefix.len()..].starts_with('.'))
+            .collect();
+        found.sort();
+        if let Some(name) = found.first() {
+            ort::util::preload_dylib(dir.join(name))
+                .map_err(|err| format!("cannot load {}: {err}", dir.join(name).display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Registers the CUDA provider on `device`, or says what is missing.
+fn cuda_provider(
+    device: i32,
+    library: Option<&Path>,
+) -> Result<(Environment, ort::ep::ExecutionProviderDispatch), EmbedError> {
+    use ort::ep::ExecutionProvider;
+    let library_path = locate::onnxruntime_library(library, true)?;
+    let unusable = |reason: String| EmbedError::Load {
+        path: format!("cuda:{device}"),
+        reason,
+    };
+    preload_cuda_libraries().map_err(|reason| {
+        unusable(format!(
+            "{reason}; re-run `scripts/provision --gpu` (CUDA 12 runtime and cuDNN 9 from PyPI)"
+        ))
+    })?;
+    let environment = ort_environment_for(library, true)?;
+    let compiled_in = ort::ep::CUDA::is_available().map_err(|e| unusable(e.to_string()))?;
+    if !compiled_in {
+        return Err(unusable(format!(
+            "the ONNX Runtime loaded in this process ({}) has no CUDA provider; run `scripts/provision --gpu` and leave embedding.onnxruntime_library unset (or point it at a GPU build)",
+            library_path.display()
+        )));
+    }
+    let provider = ort::ep::CUDA::default()
+        .with_device_id(device)
+        .build()
+        .error_on_failure();
+    Ok((environment, provider))
+}
+
 impl FastEmbedder {
+    /// Loads the model on the configured device. A GPU that cannot be used fails the load
+    /// with the reason, unless `fallback = "cpu"`.
     pub fn load(config: &EmbeddingConfig) -> Result<Self, EmbedError> {
-        let environment = ort_environment(config.onnxruntime_library.as_deref())?;
+        let device = config.parsed_device().map_err(|reason| EmbedError::Load {
+            path: "embedding.device".into(),
+            reason,
+        })?;
+        match Self::load_on(config, device) {
+            Err(err) if device != Device::Cpu && config.fallback == Some(DeviceFallback::Cpu) => {
+                tracing::warn!(device = %config.device, error = %err, "the GPU cannot be used; embedding on the CPU as `fallback = \"cpu\"` allows");
+                Self::load_on(config, Device::Cpu)
+            }
+            other => other,
+        }
+    }
+
+    fn load_on(config: &EmbeddingConfig, device: Device) -> Result<Self, EmbedError> {
+        let (environment, providers) = match device {
+            Device::Cpu => (
+                ort_environment(config.onnxruntime_library.as_deref())?,
+                Vec::new(),
+            ),
+            Device::Cuda(id) => {
+                let (environment, provider) =
+                    cuda_provider(id, config.onnxruntime_library.as_deref())?;
+                (environment, vec![provider])
+            }
+        };
         let dir = locate::model_dir(config.model_dir.as_deref())?;
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|err| EmbedError::Load {
@@ -103,15 +212,22 @@ impl FastEmbedder {
             .with_pooling(pooling);
         let mut options = InitOptionsUserDefined::new()
             .with_environment(environment)
-            .with_max_length(config.max_length);
+            .with_max_length(config.max_length)
+            .with_execution_providers(providers);
         if config.threads > 0 {
             options = options.with_intra_threads(config.threads);
         }
         let mut embedding =
             TextEmbedding::try_new_from_user_defined(model, options).map_err(|err| {
                 EmbedError::Load {
-                    path: dir.display().to_string(),
-                    reason: err.to_string(),
+                    path: match device {
+                        Device::Cpu => dir.display().to_string(),
+                        Device::Cuda(id) => format!("{} on cuda:{id}", dir.display()),
+                    },
+                    reason: match device {
+                        Device::Cpu => err.to_string(),
+                        Device::Cuda(_) => format!("{err} (the CUDA provider needs an NVIDIA driver for CUDA 12, libcuda.so.1, and the libraries `scripts/provision --gpu` fetches)"),
+                    },
                 }
             })?;
         let probe = embedding
@@ -132,14 +248,25 @@ impl FastEmbedder {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into())
         });
+        let tokenizer = load_plain_tokenizer(&dir)?;
+        if device != Device::Cpu {
+            tracing::info!(device = ?device, model = %model_id, "embedding on the GPU");
+        }
         Ok(Self {
             model: Mutex::new(embedding),
             model_id,
             dim,
             batch_size: config.batch_size,
             batch_tokens: config.batch_tokens,
-            tokenizer: load_plain_tokenizer(&dir)?,
+            tokens: Tokens::new(tokenizer.clone()),
+            tokenizer,
+            device,
         })
+    }
+
+    /// Where the model runs (the CPU when a GPU fell back).
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// The model's tokenizer without padding or truncation.
@@ -155,6 +282,10 @@ impl Embedder for FastEmbedder {
 
     fn dim(&self) -> usize {
         self.dim
+    }
+
+    fn tokens(&self) -> Tokens {
+        self.tokens.clone()
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -76,7 +76,24 @@ pub fn model_dir(configured: Option<&Path>) -> Result<PathBuf, EmbedError> {
     )))
 }
 
-pub fn onnxruntime_library(configured: Option<&Path>) -> Result<PathBuf, EmbedError> {
+/// Where `scripts/provision --gpu` puts ONNX Runtime's GPU build.
+pub fn gpu_runtime_dir() -> PathBuf {
+    cache_dir().join("onnxruntime-gpu")
+}
+
+/// Where `scripts/provision --gpu` puts the CUDA and cuDNN libraries from NVIDIA's wheels.
+pub fn cuda_libraries_dir() -> PathBuf {
+    gpu_runtime_dir().join("cuda")
+}
+
+/// The ONNX Runtime library: configured, else `ORT_DYLIB_PATH`, else the provisioned one
+/// (its GPU build when `gpu`).
+pub fn onnxruntime_library(configured: Option<&Path>, gpu: bool) -> Result<PathBuf, EmbedError> {
+    let default_dir = if gpu {
+        gpu_runtime_dir()
+    } else {
+        cache_dir().join("onnxruntime")
+    };
     let (path, origin) = match configured {
         Some(path) => (
             path.to_path_buf(),
@@ -85,7 +102,7 @@ pub fn onnxruntime_library(configured: Option<&Path>) -> Result<PathBuf, EmbedEr
         None => match std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
             Some(path) => (PathBuf::from(path), "ORT_DYLIB_PATH"),
             None => (
-                cache_dir().join("onnxruntime").join("libonnxruntime.so"),
+                default_dir.join("libonnxruntime.so"),
                 "the default runtime cache",
             ),
         },
@@ -93,7 +110,9 @@ pub fn onnxruntime_library(configured: Option<&Path>) -> Result<PathBuf, EmbedEr
     if path.is_file() {
         return Ok(path);
     }
-    let hint = if origin == "the default runtime cache" {
+    let hint = if origin == "the default runtime cache" && gpu {
+        provision_hint().replace("scripts/provision`", "scripts/provision --gpu`")
+    } else if origin == "the default runtime cache" {
         provision_hint()
     } else {
         format!("fix {origin}")

@@ -145,6 +145,9 @@ async fn embed_docs(
     .map_err(|e| Error::Task(e.to_string()))?;
     let fresh = match result {
         Ok(vectors) => vectors,
+        // The embedder itself failed (a service down or answering garbage): the run
+        // stops before anything of this batch is stored or recorded.
+        Err(err) if !err.blames_input() => return Err(err.into()),
         Err(err) if docs.len() == 1 => {
             let doc = docs.into_iter().next().expect("one doc");
             tracing::warn!(source = %ctx.source_id, key = %doc.key, error = %err, "embedding failed");
