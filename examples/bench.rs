@@ -27,7 +27,7 @@ use freshet::index::LockMode;
 use freshet::pipeline::SyncOptions;
 use freshet::store::{Filter, Hit, Point, PointId, StoreError, StoredPoint, VectorStore};
 use freshet::Index;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::Tensor;
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,107 @@ struct RawStrategy {
     seconds: f64,
 }
 
+impl RawStrategy {
+    fn of(name: String, calls: &[Prepared], seconds: f64) -> Self {
+        Self {
+            name,
+            real_tokens: calls.iter().map(|c| c.real).sum(),
+            padded_tokens: calls.iter().map(|c| (c.rows * c.width) as u64).sum(),
+            seconds,
+        }
+    }
+}
+
+/// A session option the raw measurements vary, one at a time.
+#[derive(Clone, Copy)]
+enum Tweak {
+    None,
+    NoSpinning,
+    NoMemoryPattern,
+    Level1,
+    NoPrepacking,
+}
+
+impl Tweak {
+    fn apply(self, builder: SessionBuilder) -> anyhow::Result<SessionBuilder> {
+        let tweaked = match self {
+            Tweak::None => return Ok(builder),
+            Tweak::NoSpinning => builder.with_intra_op_spinning(false),
+            Tweak::NoMemoryPattern => builder.with_memory_pattern(false),
+            Tweak::Level1 => builder.with_optimization_level(GraphOptimizationLevel::Level1),
+            Tweak::NoPrepacking => builder.with_prepacking(false),
+        };
+        tweaked.map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+/// One call's inputs, tokenized and padded ahead of time so that only `session.run` is
+/// timed.
+#[derive(Clone)]
+struct Prepared {
+    rows: usize,
+    width: usize,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    real: u64,
+}
+
+impl Prepared {
+    fn new(encodings: &[tokenizers::Encoding], max_length: usize) -> Self {
+        let width = encodings
+            .iter()
+            .map(|e| e.len().min(max_length))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let rows = encodings.len();
+        let mut ids = vec![0i64; rows * width];
+        let mut mask = vec![0i64; rows * width];
+        let mut real = 0;
+        for (r, e) in encodings.iter().enumerate() {
+            for (c, id) in e.get_ids().iter().take(width).enumerate() {
+                ids[r * width + c] = *id as i64;
+                mask[r * width + c] = 1;
+            }
+            real += e.len().min(width) as u64;
+        }
+        Self {
+            rows,
+            width,
+            ids,
+            mask,
+            real,
+        }
+    }
+}
+
+/// Runs every call through the session; returns the seconds inside `session.run` only.
+fn time_calls(
+    session: &mut Session,
+    calls: &[Prepared],
+    needs_token_types: bool,
+) -> anyhow::Result<f64> {
+    let mut seconds = 0.0;
+    for call in calls {
+        let shape = [call.rows as i64, call.width as i64];
+        let mut inputs = ort::inputs![
+            "input_ids" => Tensor::from_array((shape, call.ids.clone()))?,
+            "attention_mask" => Tensor::from_array((shape, call.mask.clone()))?,
+        ];
+        if needs_token_types {
+            inputs.push((
+                "token_type_ids".into(),
+                Tensor::from_array((shape, vec![0i64; call.rows * call.width]))?.into(),
+            ));
+        }
+        let started = Instant::now();
+        let outputs = session.run(inputs)?;
+        seconds += started.elapsed().as_secs_f64();
+        drop(outputs);
+    }
+    Ok(seconds)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct RawResult {
     sample_chunks: usize,
@@ -49,6 +150,9 @@ struct RawResult {
     /// pipeline-sized batches.
     embedder_seconds: f64,
     embedder_tokens: u64,
+    /// The same sample through plain fastembed: `TextEmbedding::embed(texts, None)`, its
+    /// default batching, same model file and threads.
+    plain_fastembed_seconds: f64,
     peak_rss_kib: u64,
 }
 
@@ -195,6 +299,15 @@ fn parent(root: &Path, docs: usize, threads: usize, stores: &[String]) -> anyhow
         "FastEmbedder alone, same sample   {:>8.0} real tokens/s  ({:.1}s)",
         raw.embedder_tokens as f64 / raw.embedder_seconds,
         raw.embedder_seconds
+    );
+    let plain_tps = raw.embedder_tokens as f64 / raw.plain_fastembed_seconds;
+    println!(
+        "plain fastembed embed(texts, None) {:>7.0} real tokens/s  ({:.1}s)",
+        plain_tps, raw.plain_fastembed_seconds
+    );
+    println!(
+        "FastEmbedder / plain fastembed    {:>8.2}x  (target >= 1.5)",
+        raw.plain_fastembed_seconds / raw.embedder_seconds
     );
     println!(
         "raw session peak RSS              {:>8} KiB",
@@ -398,7 +511,7 @@ fn embedding_config(threads: usize) -> EmbeddingConfig {
 /// extraction and chunking code.
 fn corpus_chunks(corpus: &Path, tokenizer: &tokenizers::Tokenizer) -> anyhow::Result<Vec<String>> {
     let chunker = Chunker::new(
-        std::sync::Arc::new(tokenizer.clone()),
+        freshet::embed::Tokens::new(tokenizer.clone()),
         Config::default().chunking,
     );
     let mut texts = Vec::new();
@@ -461,13 +574,18 @@ fn raw_session(corpus: &Path, threads: usize) -> anyhow::Result<RawResult> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut session = Session::builder(&environment)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_intra_threads(threads)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .commit_from_file(model_dir.join("model.onnx"))
-        .context("load model.onnx")?;
+    let load = |threads: usize, tweak: Tweak| -> anyhow::Result<Session> {
+        let builder = Session::builder(&environment)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_intra_threads(threads)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tweak
+            .apply(builder)?
+            .commit_from_file(model_dir.join("model.onnx"))
+            .context("load model.onnx")
+    };
+    let mut session = load(threads, Tweak::None)?;
     let needs_token_types = session
         .inputs()
         .iter()
@@ -477,65 +595,80 @@ fn raw_session(corpus: &Path, threads: usize) -> anyhow::Result<RawResult> {
     let mut sorted: Vec<usize> = (0..refs.len()).collect();
     sorted.sort_by_key(|&i| refs[i].len());
     let fixed = |n: usize| sorted.chunks(n).map(<[usize]>::to_vec).collect::<Vec<_>>();
-    let plans = [
-        ("sorted, 32 per call".to_string(), fixed(32)),
-        ("sorted, 1 per call".to_string(), fixed(1)),
-        (
-            format!(
-                "sorted, freshet length groups (<= {} texts, <= {} tokens)",
-                config.batch_size, config.batch_tokens
-            ),
-            freshet::embed::length_groups(&refs, config.batch_size, config.batch_tokens),
-        ),
-    ];
+    let prepare = |groups: Vec<Vec<usize>>| -> anyhow::Result<Vec<Prepared>> {
+        groups
+            .into_iter()
+            .map(|group| {
+                let batch: Vec<&str> = group.iter().map(|&i| refs[i]).collect();
+                let encodings = tokenizer
+                    .encode_batch(batch, true)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(Prepared::new(&encodings, config.max_length))
+            })
+            .collect()
+    };
+    let grouped = prepare(freshet::embed::length_groups(
+        &refs,
+        config.batch_size,
+        config.batch_tokens,
+    ))?;
+    let groups_name = format!(
+        "freshet length groups (<= {} texts, <= {} tokens)",
+        config.batch_size, config.batch_tokens
+    );
     let mut strategies = Vec::new();
-    for (name, groups) in plans {
-        let (mut real, mut padded, mut seconds) = (0u64, 0u64, 0f64);
-        for group in groups {
-            let batch: Vec<&str> = group.iter().map(|&i| refs[i]).collect();
-            let encodings = tokenizer
-                .encode_batch(batch, true)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let width = encodings
-                .iter()
-                .map(|e| e.len().min(config.max_length))
-                .max()
-                .unwrap_or(1);
-            let rows = encodings.len();
-            let mut ids = vec![0i64; rows * width];
-            let mut mask = vec![0i64; rows * width];
-            for (r, e) in encodings.iter().enumerate() {
-                for (c, id) in e.get_ids().iter().take(width).enumerate() {
-                    ids[r * width + c] = *id as i64;
-                    mask[r * width + c] = 1;
-                }
-                real += e.len().min(width) as u64;
-            }
-            padded += (rows * width) as u64;
-            let shape = [rows as i64, width as i64];
-            let mut inputs = ort::inputs![
-                "input_ids" => Tensor::from_array((shape, ids))?,
-                "attention_mask" => Tensor::from_array((shape, mask))?,
-            ];
-            if needs_token_types {
-                inputs.push((
-                    "token_type_ids".into(),
-                    Tensor::from_array((shape, vec![0i64; rows * width]))?.into(),
-                ));
-            }
-            let started = Instant::now();
-            let outputs = session.run(inputs)?;
-            seconds += started.elapsed().as_secs_f64();
-            drop(outputs);
-        }
-        strategies.push(RawStrategy {
-            name,
-            real_tokens: real,
-            padded_tokens: padded,
-            seconds,
-        });
+    for (name, prepared) in [
+        ("sorted, 32 per call".to_string(), prepare(fixed(32))?),
+        ("sorted, 1 per call".to_string(), prepare(fixed(1))?),
+        (format!("sorted, {groups_name}"), grouped.clone()),
+    ] {
+        let seconds = time_calls(&mut session, &prepared, needs_token_types)?;
+        strategies.push(RawStrategy::of(name, &prepared, seconds));
     }
     drop(session);
+    // The variants the issue lists, each fed the length groups.
+    let variants = [
+        ("variant: intra-op spinning off", Tweak::NoSpinning),
+        ("variant: memory pattern off", Tweak::NoMemoryPattern),
+        ("variant: graph optimization level 1", Tweak::Level1),
+        ("variant: weights prepacking off", Tweak::NoPrepacking),
+    ];
+    for (name, tweak) in variants {
+        let mut session = load(threads, tweak)?;
+        let seconds = time_calls(&mut session, &grouped, needs_token_types)?;
+        strategies.push(RawStrategy::of(
+            format!("{name}, {groups_name}"),
+            &grouped,
+            seconds,
+        ));
+    }
+    if threads > 1 {
+        // One single-threaded session per core, the length groups dealt out in turn.
+        let mut sessions = (0..threads)
+            .map(|_| load(1, Tweak::None))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let started = Instant::now();
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let handles: Vec<_> = sessions
+                .iter_mut()
+                .enumerate()
+                .map(|(n, session)| {
+                    let mine: Vec<Prepared> =
+                        grouped.iter().skip(n).step_by(threads).cloned().collect();
+                    scope.spawn(move || time_calls(session, &mine, needs_token_types))
+                })
+                .collect();
+            for handle in handles {
+                handle.join().expect("session thread")?;
+            }
+            Ok(())
+        })?;
+        strategies.push(RawStrategy::of(
+            format!("variant: {threads} single-threaded sessions in parallel, {groups_name}"),
+            &grouped,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
 
     let embedder = freshet::embed::FastEmbedder::load(&config)?;
     let started = Instant::now();
@@ -543,13 +676,43 @@ fn raw_session(corpus: &Path, threads: usize) -> anyhow::Result<RawResult> {
         freshet::embed::Embedder::embed(&embedder, batch)?;
     }
     let embedder_seconds = started.elapsed().as_secs_f64();
+    drop(embedder);
+    let plain_fastembed_seconds = plain_fastembed(&model_dir, threads, &refs)?;
     Ok(RawResult {
+        plain_fastembed_seconds,
         sample_chunks: sample.len(),
         embedder_tokens: real_tokens(&tokenizer, &sample, config.max_length),
         strategies,
         embedder_seconds,
         peak_rss_kib: peak_rss_kib(),
     })
+}
+
+/// Plain fastembed as its users call it: a user-defined model from the same files, the
+/// same thread count, `embed(texts, None)` (its default batch of 256, padded to the
+/// longest text in each batch). Returns the seconds for the whole sample.
+fn plain_fastembed(model_dir: &Path, threads: usize, texts: &[&str]) -> anyhow::Result<f64> {
+    use fastembed::{
+        InitOptionsUserDefined, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+    };
+    let read = |name: &str| std::fs::read(model_dir.join(name));
+    let files = TokenizerFiles {
+        tokenizer_file: read("tokenizer.json")?,
+        config_file: read("config.json")?,
+        special_tokens_map_file: read("special_tokens_map.json")?,
+        tokenizer_config_file: read("tokenizer_config.json")?,
+    };
+    let model = UserDefinedEmbeddingModel::new(read("model.onnx")?, files)
+        .with_pooling(fastembed::Pooling::Mean);
+    let options = InitOptionsUserDefined::new()
+        .with_environment(ort_environment(None)?)
+        .with_intra_threads(threads);
+    let mut plain = TextEmbedding::try_new_from_user_defined(model, options)?;
+    let started = Instant::now();
+    let vectors = plain.embed(texts, None)?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(vectors.len() == texts.len(), "plain fastembed lost texts");
+    Ok(seconds)
 }
 
 /// The store a benchmark child writes to: a fresh table or collection per run.
