@@ -528,6 +528,11 @@ pub struct EmbeddingConfig {
     /// Inference threads; 0 uses every core.
     #[serde(default)]
     pub threads: usize,
+    /// Model sessions working in parallel, the threads split among them; 0 decides: one
+    /// single-threaded session per thread on the CPU (while the copies of the weights stay
+    /// under 1 GiB), one session on a GPU.
+    #[serde(default)]
+    pub sessions: usize,
     /// Longest input the model sees, in tokens; longer texts are truncated.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
@@ -790,6 +795,7 @@ impl Default for EmbeddingConfig {
             batch_size: default_embed_batch(),
             batch_tokens: default_batch_tokens(),
             threads: 0,
+            sessions: 0,
             max_length: default_max_length(),
             provider: ProviderKind::default(),
             device: default_device(),
