@@ -234,7 +234,10 @@ fn a_pgvector_server_dying_mid_run_is_retried_then_the_run_stops_and_the_next_co
     let child = spawn_sync();
     server.wait_for_points("notes");
     server.stop();
-    std::thread::sleep(Duration::from_millis(2000));
+    // Longer than the pool's acquire timeout (timeout_s = 2): a write that starts in the
+    // outage fails and is retried, rather than waiting in the pool until the server is
+    // back (which passed silently under load, and logged no retry).
+    std::thread::sleep(Duration::from_millis(5000));
     server.start();
     let out = child.wait_with_output().unwrap();
     logs.push_str(&text(&out));
