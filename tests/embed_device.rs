@@ -2,6 +2,8 @@
 //! fails with a message naming what is missing, or falls back to the CPU only when
 //! `fallback = "cpu"` says so. Where a GPU can be used, its vectors agree with the CPU's.
 
+mod common;
+
 use freshet::config::{Device, DeviceFallback, EmbeddingConfig};
 use freshet::embed::{Embedder, FastEmbedder};
 
@@ -11,13 +13,6 @@ fn on(device: &str, fallback: Option<DeviceFallback>) -> EmbeddingConfig {
         fallback,
         ..EmbeddingConfig::default()
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 // One test, in this order, because ONNX Runtime is loaded once per process: the CUDA
@@ -39,7 +34,7 @@ fn cuda_is_used_or_refused_clearly_and_the_cpu_stands_in_only_when_allowed() {
             );
             let (g, c) = (gpu.embed(&texts).unwrap(), cpu.embed(&texts).unwrap());
             for (a, b) in g.iter().zip(&c) {
-                let cos = cosine(a, b);
+                let cos = common::cosine(a, b);
                 println!("cosine CUDA vs CPU: {cos:.6}");
                 assert!(cos >= 0.999, "{cos}");
             }

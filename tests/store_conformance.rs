@@ -151,7 +151,7 @@ async fn conformance(kind: StoreKind) {
     let wanted = &rewritten[7].vector;
     assert!(
         stored.iter().zip(wanted).all(|(a, b)| (a - b).abs() < 1e-5)
-            || cosine(&stored, wanted) > 0.9999,
+            || common::cosine(&stored, wanted) > 0.9999,
         "{kind:?}: vector changed on the way: {stored:?} vs {wanted:?}"
     );
 
@@ -285,13 +285,6 @@ async fn conformance(kind: StoreKind) {
     // Publishing again is a no-op.
     cat.publish(&second).await.unwrap();
     assert_eq!(cat.published().await.unwrap().as_ref(), Some(&second));
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
