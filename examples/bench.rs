@@ -787,13 +787,8 @@ impl VectorStore for TimedStore {
         self.add(started);
         result
     }
-    async fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: Option<Filter>,
-    ) -> Result<Vec<Hit>, StoreError> {
-        self.inner.search(vector, k, filter).await
+    async fn search(&self, query: &freshet::store::Query) -> Result<Vec<Hit>, StoreError> {
+        self.inner.search(query).await
     }
     async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError> {
         self.inner.count(filter).await

@@ -50,6 +50,7 @@ fn points(n: usize, round: usize) -> Vec<Point> {
             Point {
                 id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{i}").as_bytes()),
                 vector,
+                sparse: None,
                 payload,
             }
         })
@@ -82,9 +83,10 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             let info = IndexInfo {
-                collection: catalog.collection_name("bench", 384),
+                collection: catalog.collection_name("bench", 384, None),
                 model_id: "bench".into(),
                 dim: 384,
+                sparse: None,
             };
             let store = catalog.open_table(&info).await?;
             let all = points(total, round);

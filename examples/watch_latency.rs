@@ -94,7 +94,10 @@ async fn probe(index: &Index, root: &Path, n: u64) -> anyhow::Result<f64> {
     };
     let deadline = started + Duration::from_secs(120);
     loop {
-        let hits = index.store.search(&vector, 1, None).await?;
+        let hits = index
+            .store
+            .search(&freshet::store::Query::dense(&vector, 1, None))
+            .await?;
         let fresh = hits.first().is_some_and(|hit| {
             hit.payload.get("doc_key").and_then(|v| v.as_str()) == Some("probe.md")
                 && hit

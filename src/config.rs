@@ -37,6 +37,63 @@ pub struct Config {
     /// or PostgreSQL shared by several workers.
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// How queries find chunks: dense vectors, BM25 term weights beside them, fusion and
+    /// reranking.
+    #[serde(default)]
+    pub retrieval: RetrievalConfig,
+}
+
+/// Retrieval: what the index holds beside the dense vectors, and how queries rank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalConfig {
+    /// Keep a keyword (BM25) representation of every chunk beside its dense vector:
+    /// a sparse vector with the IDF modifier in Qdrant and the embedded engine, a
+    /// full-text `tsvector` column in PostgreSQL. Changing it builds a new collection.
+    #[serde(default = "default_true")]
+    pub sparse: bool,
+    /// The `k` of reciprocal rank fusion: larger flattens the reward for top ranks.
+    #[serde(default = "default_rrf_k")]
+    pub rrf_k: usize,
+    /// Candidates each side (dense, sparse) contributes to a hybrid query before fusion;
+    /// never fewer than the results asked for.
+    #[serde(default = "default_candidates")]
+    pub candidates: usize,
+    /// A cross-encoder ONNX model directory (model.onnx + tokenizer.json): when set,
+    /// queries rerank their top `rerank_top_n` fused results with it.
+    #[serde(default)]
+    pub rerank_model_dir: Option<PathBuf>,
+    /// How many fused results the reranker scores.
+    #[serde(default = "default_rerank_top_n")]
+    pub rerank_top_n: usize,
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+const fn default_rrf_k() -> usize {
+    60
+}
+
+const fn default_candidates() -> usize {
+    100
+}
+
+const fn default_rerank_top_n() -> usize {
+    50
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            sparse: true,
+            rrf_k: default_rrf_k(),
+            candidates: default_candidates(),
+            rerank_model_dir: None,
+            rerank_top_n: default_rerank_top_n(),
+        }
+    }
 }
 
 /// The ledger. Without `url_env` it is a SQLite file in the data directory and one
@@ -838,6 +895,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             store: StoreConfig::default(),
             ledger: LedgerConfig::default(),
+            retrieval: RetrievalConfig::default(),
         }
     }
 }
@@ -920,6 +978,9 @@ impl Config {
         }
         if let Some(lib) = &self.embedding.onnxruntime_library {
             self.embedding.onnxruntime_library = Some(resolve(lib));
+        }
+        if let Some(dir) = &self.retrieval.rerank_model_dir {
+            self.retrieval.rerank_model_dir = Some(resolve(dir));
         }
         if let Some(tokenizer) = &self.embedding.tokenizer {
             if tokenizer.ends_with(".json") {
@@ -1113,6 +1174,13 @@ impl Config {
             ));
         }
         self.validate_embedding()?;
+        let retrieval = &self.retrieval;
+        if retrieval.rrf_k == 0 || retrieval.candidates == 0 || retrieval.rerank_top_n == 0 {
+            return invalid(
+                "retrieval.rrf_k, retrieval.candidates and retrieval.rerank_top_n must be at least 1"
+                    .into(),
+            );
+        }
         // Two tokens for [CLS] and [SEP]: a chunk must reach the model whole.
         if self.embedding.provider == ProviderKind::Local
             && chunking.max_tokens + 2 > self.embedding.max_length

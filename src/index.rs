@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::embed::Embedder;
 use crate::extract::EXTRACTOR_VERSION;
 use crate::ledger::{Leases, Ledger};
-use crate::store::{Catalog, EdgeCatalog, Filter, Hit, VectorStore};
+use crate::rerank::Reranker;
+use crate::sparse::Bm25Encoder;
+use crate::store::{Catalog, EdgeCatalog, Filter, Hit, Query, QueryMode, SparseKind, VectorStore};
 use crate::{Error, Result};
 
 pub use crate::store::IndexInfo;
@@ -101,6 +103,11 @@ pub struct Index {
     /// Which work units this process may write.
     pub leases: Arc<dyn Leases>,
     pub embedder: Arc<dyn Embedder>,
+    /// Computes BM25 term weights for chunks and queries, where the collection keeps
+    /// them ([`SparseKind::Bm25`]).
+    pub sparse: Option<Arc<Bm25Encoder>>,
+    /// The cross-encoder, loaded at the first query that reranks.
+    reranker: tokio::sync::OnceCell<Arc<Reranker>>,
     pub chunker: Arc<Chunker>,
     /// Where collections live and which one applications query.
     pub catalog: Arc<dyn Catalog>,
@@ -144,10 +151,12 @@ impl Index {
         let catalog = crate::store::connect(&config).await?;
         let embedder = load_embedder(&config).await?;
         let (ledger, leases) = crate::ledger::open(&config).await?;
+        let sparse = config.retrieval.sparse.then(|| catalog.sparse_kind());
         let info = IndexInfo {
-            collection: catalog.collection_name(embedder.model_id(), embedder.dim()),
+            collection: catalog.collection_name(embedder.model_id(), embedder.dim(), sparse),
             model_id: embedder.model_id().to_string(),
             dim: embedder.dim(),
+            sparse,
         };
         let store = catalog.open(&info).await?;
         ledger
@@ -178,6 +187,8 @@ impl Index {
             leases,
             chunker: Arc::new(Chunker::new(embedder.tokens(), config.chunking.clone())),
             embedder,
+            sparse: bm25_encoder(&info),
+            reranker: tokio::sync::OnceCell::new(),
             published: AtomicBool::new(published.as_ref() == Some(&info)),
             completed: AtomicBool::new(completed),
             catalog,
@@ -229,6 +240,8 @@ impl Index {
             leases,
             chunker: Arc::new(Chunker::new(embedder.tokens(), config.chunking.clone())),
             embedder,
+            sparse: bm25_encoder(&info),
+            reranker: tokio::sync::OnceCell::new(),
             catalog,
             store,
             info,
@@ -294,12 +307,28 @@ impl Index {
 
     /// Everything that decides what a document's points look like.
     pub fn fingerprint(&self) -> String {
+        let sparse = match self.info.sparse {
+            // The BM25 settings are fastembed's `Qdrant/bm25` defaults (see crate::sparse).
+            Some(SparseKind::Bm25) => ";sparse=bm25-en-v1",
+            Some(SparseKind::FullText) => ";sparse=fts-english",
+            None => "",
+        };
         format!(
-            "extractor=v{EXTRACTOR_VERSION};{};model={};dim={}",
+            "extractor=v{EXTRACTOR_VERSION};{};model={};dim={}{sparse}",
             self.chunker.fingerprint(),
             self.info.model_id,
             self.info.dim
         )
+    }
+
+    /// The mode a query uses when none is asked for: hybrid where the index keeps a
+    /// keyword side, dense otherwise.
+    pub fn default_mode(&self) -> QueryMode {
+        if self.info.sparse.is_some() {
+            QueryMode::Hybrid
+        } else {
+            QueryMode::Dense
+        }
     }
 
     /// Writes every point of the current collection as JSON lines (id order): `id`,
@@ -336,17 +365,140 @@ impl Index {
         Ok(count)
     }
 
-    /// Embeds `text` and returns the `k` nearest chunks.
-    pub async fn query(&self, text: &str, k: usize, filter: Option<Filter>) -> Result<Vec<Hit>> {
-        let embedder = self.embedder.clone();
-        let text = text.to_string();
-        let vector = tokio::task::spawn_blocking(move || embedder.embed(&[text.as_str()]))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??
-            .pop()
-            .unwrap_or_default();
-        Ok(self.store.search(&vector, k, filter).await?)
+    /// The `k` best chunks for `text`: dense, keyword (BM25 / full text) or hybrid (both,
+    /// fused by reciprocal rank); `None` takes [`Self::default_mode`].
+    pub async fn query(
+        &self,
+        text: &str,
+        k: usize,
+        mode: Option<QueryMode>,
+        filter: Option<Filter>,
+    ) -> Result<Vec<Hit>> {
+        self.query_with(
+            text,
+            k,
+            &QueryOptions {
+                mode,
+                rerank: None,
+                filter,
+            },
+        )
+        .await
     }
+
+    /// [`Self::query`] with every option: `rerank: None` reranks when a reranker is
+    /// configured. With reranking, the best `rerank_top_n` retrieved chunks are rescored
+    /// by the cross-encoder and reordered; when `k` is larger, the retrieval order
+    /// continues after them.
+    pub async fn query_with(
+        &self,
+        text: &str,
+        k: usize,
+        options: &QueryOptions,
+    ) -> Result<Vec<Hit>> {
+        let retrieval = &self.config.retrieval;
+        let rerank = options
+            .rerank
+            .unwrap_or(retrieval.rerank_model_dir.is_some());
+        let reranker = if rerank {
+            Some(self.reranker().await?)
+        } else {
+            None
+        };
+        let fetch = if rerank {
+            k.max(retrieval.rerank_top_n)
+        } else {
+            k
+        };
+        let mut hits = self
+            .retrieve(text, fetch, options.mode, options.filter.clone())
+            .await?;
+        let Some(reranker) = reranker else {
+            return Ok(hits);
+        };
+        let rest = hits.split_off(hits.len().min(retrieval.rerank_top_n));
+        let text = text.to_string();
+        let mut reranked = tokio::task::spawn_blocking(move || {
+            let n = hits.len();
+            reranker.rerank(&text, hits, n)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        reranked.extend(rest);
+        reranked.truncate(k);
+        Ok(reranked)
+    }
+
+    /// The configured cross-encoder, loaded once.
+    async fn reranker(&self) -> Result<Arc<Reranker>> {
+        let Some(dir) = self.config.retrieval.rerank_model_dir.clone() else {
+            return Err(Error::Store(crate::store::StoreError::Rejected(
+                "reranking needs a cross-encoder: set `[retrieval] rerank_model_dir` (scripts/provision --rerank fetches one)".into(),
+            )));
+        };
+        let library = self.config.embedding.onnxruntime_library.clone();
+        let threads = self.config.embedding.threads;
+        let reranker = self
+            .reranker
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    Reranker::load(&dir, library.as_deref(), threads).map(Arc::new)
+                })
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(Error::from)
+            })
+            .await?;
+        Ok(reranker.clone())
+    }
+
+    async fn retrieve(
+        &self,
+        text: &str,
+        k: usize,
+        mode: Option<QueryMode>,
+        filter: Option<Filter>,
+    ) -> Result<Vec<Hit>> {
+        let mode = mode.unwrap_or_else(|| self.default_mode());
+        let dense = if mode.uses_dense() {
+            let embedder = self.embedder.clone();
+            let text = text.to_string();
+            tokio::task::spawn_blocking(move || embedder.embed(&[text.as_str()]))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
+                .pop()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let retrieval = &self.config.retrieval;
+        let query = Query {
+            mode,
+            dense,
+            sparse: self.sparse.as_ref().map(|bm25| bm25.query(text)),
+            text: text.to_string(),
+            k,
+            candidates: retrieval.candidates,
+            rrf_k: retrieval.rrf_k,
+            filter,
+        };
+        Ok(self.store.search(&query).await?)
+    }
+}
+
+/// How a query ranks: see [`Index::query_with`].
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// `None`: hybrid where the index keeps keywords, else dense.
+    pub mode: Option<QueryMode>,
+    /// `None`: rerank when a reranker is configured.
+    pub rerank: Option<bool>,
+    pub filter: Option<Filter>,
+}
+
+/// The BM25 encoder a collection that keeps BM25 vectors needs.
+fn bm25_encoder(info: &IndexInfo) -> Option<Arc<Bm25Encoder>> {
+    (info.sparse == Some(SparseKind::Bm25)).then(|| Arc::new(Bm25Encoder::new()))
 }
 
 /// Loads the configured model off the async runtime (it reads and compiles the ONNX file).

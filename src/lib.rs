@@ -7,13 +7,16 @@
 pub mod chunk;
 pub mod config;
 pub mod embed;
+pub mod eval;
 pub mod extract;
 pub mod index;
 pub mod ledger;
 pub mod pipeline;
+pub mod rerank;
 pub mod retry;
 pub mod schedule;
 pub mod serve;
+pub mod sparse;
 pub mod store;
 pub mod telemetry;
 pub mod units;

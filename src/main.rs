@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use freshet::connectors::WatchControl;
+use freshet::eval::Ranking;
 use freshet::index::LockMode;
 use freshet::ledger::Ledger;
 use freshet::pipeline::{RunReport, SyncOptions};
@@ -22,7 +23,7 @@ use freshet::schedule::Schedule;
 use freshet::serve::{
     remote_search, running_endpoint, serve_metrics, serve_queries, SearchRequest,
 };
-use freshet::store::Filter;
+use freshet::store::QueryMode;
 use freshet::telemetry::{init_logging, record_round, Health, LiveCounters};
 use freshet::watch::WatchOptions;
 use freshet::{Config, Index};
@@ -136,6 +137,51 @@ enum Command {
         /// Only search this source.
         #[arg(long)]
         source: Option<String>,
+        /// dense (vectors), sparse (keywords: BM25, or full text in PostgreSQL) or
+        /// hybrid (both, fused by reciprocal rank). Default: hybrid where the index keeps
+        /// keywords, else dense.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<QueryMode>,
+        /// Only chunks whose payload field equals the value (repeatable; all must hold),
+        /// e.g. --filter doc_key=guides/setup.md
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_filter)]
+        filter: Vec<(String, String)>,
+        /// Rerank with the configured cross-encoder ([retrieval] rerank_model_dir; on by
+        /// default when it is set).
+        #[arg(long, overrides_with = "no_rerank")]
+        rerank: bool,
+        /// Do not rerank, even with a reranker configured.
+        #[arg(long)]
+        no_rerank: bool,
+    },
+    /// Score the index against judged queries in the BEIR layout (queries.jsonl and
+    /// qrels/<split>.tsv): nDCG@10, recall@10, recall@100, MRR@10 and latency per mode.
+    Eval {
+        /// The folder holding queries.jsonl and qrels/.
+        dir: PathBuf,
+        /// Which qrels file: qrels/<split>.tsv.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// One ranking to score: dense, sparse or hybrid, optionally +rerank (default:
+        /// the index's default mode, reranked when a reranker is configured).
+        #[arg(long, conflicts_with = "compare")]
+        mode: Option<String>,
+        /// Several rankings side by side in one run, e.g. dense,hybrid,hybrid+rerank
+        /// (the flag alone: every mode the index supports, and the default mode reranked
+        /// when a reranker is configured).
+        #[arg(long, value_name = "MODES", num_args = 0..=1, default_missing_value = "")]
+        compare: Option<String>,
+        /// The payload field that names the judged document.
+        #[arg(long, default_value = "doc_key")]
+        doc_field: String,
+        /// Maps the field's value to the judged id: the first capture group (or the whole
+        /// match), e.g. '^corpus/(.+)\.txt$'.
+        #[arg(long, value_name = "REGEX")]
+        doc_id_regex: Option<String>,
+        /// Chunks fetched per query to rank documents (a document ranks by its best
+        /// chunk; at least 100).
+        #[arg(long, default_value_t = 400)]
+        chunks: usize,
     },
     /// Documents, chunks and failures per source, and the last run.
     Status {
@@ -294,9 +340,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(points = count, "exported");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query { text, k, source } => {
+        Command::Query {
+            text,
+            k,
+            source,
+            mode,
+            filter,
+            rerank,
+            no_rerank,
+        } => {
             let config = load_config(&cli, None, false)?;
-            let hits = query(config, text, *k, source.clone()).await?;
+            let request = SearchRequest {
+                text: text.clone(),
+                k: *k,
+                source: source.clone(),
+                mode: *mode,
+                filter: filter.iter().cloned().collect(),
+                rerank: match (rerank, no_rerank) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+            };
+            let hits = query(config, &request).await?;
             if cli.json {
                 println!(
                     "{}",
@@ -310,6 +376,89 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for (rank, hit) in hits.iter().enumerate() {
                     print_hit(rank + 1, hit);
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            dir,
+            split,
+            mode,
+            compare,
+            doc_field,
+            doc_id_regex,
+            chunks,
+        } => {
+            let config = load_config(&cli, None, false)?;
+            let pattern = doc_id_regex
+                .as_deref()
+                .map(regex::Regex::new)
+                .transpose()
+                .context("--doc-id-regex is not a valid regular expression")?;
+            let docs = freshet::eval::DocIds {
+                field: doc_field.clone(),
+                pattern,
+            };
+            let queries = freshet::eval::load_beir(dir, split)?;
+            if queries.is_empty() {
+                bail!(
+                    "{} has no judged queries (qrels/{split}.tsv names none with a score above 0)",
+                    dir.display()
+                );
+            }
+            let index = Index::open_for_query(config).await?;
+            let reranks = index.config.retrieval.rerank_model_dir.is_some();
+            let plain = |mode| Ranking {
+                mode,
+                rerank: reranks,
+            };
+            let rankings: Vec<Ranking> = match (mode, compare.as_deref()) {
+                (Some(mode), _) => vec![mode.parse().map_err(anyhow::Error::msg)?],
+                (None, Some("")) => {
+                    let modes: &[QueryMode] = if index.info.sparse.is_some() {
+                        &QueryMode::ALL
+                    } else {
+                        &[QueryMode::Dense]
+                    };
+                    let mut all: Vec<Ranking> = modes
+                        .iter()
+                        .map(|&mode| Ranking {
+                            mode,
+                            rerank: false,
+                        })
+                        .collect();
+                    if reranks {
+                        all.push(plain(index.default_mode()));
+                    }
+                    all
+                }
+                (None, Some(list)) => list
+                    .split(',')
+                    .map(|m| m.trim().parse::<Ranking>())
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?,
+                (None, None) => vec![plain(index.default_mode())],
+            };
+            let scores =
+                freshet::eval::evaluate(&index, &queries, &rankings, &docs, *chunks).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "dataset": dir.display().to_string(),
+                        "split": split,
+                        "collection": index.info.collection,
+                        "model_id": index.info.model_id,
+                        "modes": scores,
+                    }))?
+                );
+            } else {
+                println!(
+                    "{} ({split}): {} judged queries against {}",
+                    dir.display(),
+                    queries.len(),
+                    index.info.collection
+                );
+                print!("{}", freshet::eval::table(&scores));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -358,27 +507,32 @@ fn load_config(cli: &Cli, path: Option<&Path>, for_sync: bool) -> anyhow::Result
 /// Asks a running watcher (or scheduled sync) when there is one, else opens the index.
 async fn query(
     config: Config,
-    text: &str,
-    k: usize,
-    source: Option<String>,
+    request: &SearchRequest,
 ) -> anyhow::Result<Vec<freshet::store::Hit>> {
     if let Some(endpoint) = running_endpoint(&config.data_dir) {
-        let request = SearchRequest {
-            text: text.to_string(),
-            k,
-            source: source.clone(),
-        };
-        match remote_search(&endpoint, &request).await {
+        match remote_search(&endpoint, request).await {
             Ok(hits) => return Ok(hits),
             // A watcher that was killed leaves its endpoint file behind.
             Err(err) => tracing::info!(error = %err, "no watcher answered; opening the index"),
         }
     }
     let index = Index::open_for_query(config).await?;
-    let filter = source
-        .as_ref()
-        .map(|s| Filter::default().field("source_id", s));
-    Ok(index.query(text, k, filter).await?)
+    Ok(index
+        .query_with(&request.text, request.k, &request.options())
+        .await?)
+}
+
+fn parse_mode(value: &str) -> Result<QueryMode, String> {
+    value.parse()
+}
+
+fn parse_filter(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got `{value}`")),
+    }
 }
 
 /// SIGINT and SIGTERM cancel `token` (a second one exits at once); SIGHUP asks `control`

@@ -6,6 +6,7 @@
 //! carry the token written (owner-readable only) into the data directory; the metrics
 //! endpoint never serves document text.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::index::Index;
-use crate::store::{Filter, Hit};
+use crate::index::{Index, QueryOptions};
+use crate::store::{Filter, Hit, QueryMode};
 use crate::telemetry::{prometheus, Health, LiveCounters};
 use crate::{Error, Result};
 
@@ -42,6 +43,37 @@ pub struct SearchRequest {
     pub k: usize,
     #[serde(default)]
     pub source: Option<String>,
+    /// dense, sparse or hybrid; absent: hybrid where the index keeps a keyword side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<QueryMode>,
+    /// Payload fields that must equal these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter: BTreeMap<String, String>,
+    /// Rerank with the configured cross-encoder; absent: when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<bool>,
+}
+
+impl SearchRequest {
+    /// The payload conditions: `source` and every `filter` entry.
+    pub fn payload_filter(&self) -> Option<Filter> {
+        let mut filter = Filter::default();
+        if let Some(source) = &self.source {
+            filter = filter.field("source_id", source);
+        }
+        for (key, value) in &self.filter {
+            filter = filter.field(key, value);
+        }
+        (!filter.conditions.is_empty()).then_some(filter)
+    }
+
+    pub fn options(&self) -> QueryOptions {
+        QueryOptions {
+            mode: self.mode,
+            rerank: self.rerank,
+            filter: self.payload_filter(),
+        }
+    }
 }
 
 struct QueryState {
@@ -108,15 +140,14 @@ async fn search(
         )
             .into_response();
     }
-    let filter = request
-        .source
-        .as_deref()
-        .map(|source| Filter::default().field("source_id", source));
     match index
-        .query(&request.text, request.k.clamp(1, 1000), filter)
+        .query_with(&request.text, request.k.clamp(1, 1000), &request.options())
         .await
     {
         Ok(hits) => Json(hits).into_response(),
+        Err(err @ crate::Error::Store(crate::store::StoreError::Rejected(_))) => {
+            (StatusCode::BAD_REQUEST, err.to_string()).into_response()
+        }
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     }
 }

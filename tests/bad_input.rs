@@ -171,7 +171,7 @@ async fn a_document_that_turns_bad_keeps_its_indexed_points() {
     let after = points(&index).await;
     assert_eq!(doc_points(&after, "solar-power.pdf").len(), before);
     let hits = index
-        .query("home battery storage for the evening", 1, None)
+        .query("home battery storage for the evening", 1, None, None)
         .await
         .unwrap();
     assert_eq!(str_field(&hits[0].payload, "doc_key"), "solar-power.pdf");

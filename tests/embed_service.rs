@@ -123,7 +123,7 @@ async fn sync_and_query_through_the_service() {
     assert_eq!(points.len() as u64, report.totals.chunks_embedded);
     let before = server.texts();
     let hits = index
-        .query("refund for a returned item", 3, None)
+        .query("refund for a returned item", 3, None, None)
         .await
         .unwrap();
     assert_eq!(

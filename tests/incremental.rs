@@ -111,7 +111,7 @@ async fn edit_one_paragraph(kind: StoreKind) {
         after.chunk_hashes.len() - changed
     );
     let hits = index
-        .query("bats hunting moths in darkness", 1, None)
+        .query("bats hunting moths in darkness", 1, None, None)
         .await
         .unwrap();
     assert!(str_field(&hits[0].payload, "text").contains("Bats locate moths"));
@@ -244,7 +244,9 @@ async fn model_switch(kind: StoreKind) {
     let new = index.catalog.published().await.unwrap().unwrap();
     assert_eq!(
         new.collection,
-        index.catalog.collection_name("minilm-retrained", 384)
+        index
+            .catalog
+            .collection_name("minilm-retrained", 384, index.info.sparse)
     );
     assert_eq!(new.model_id, "minilm-retrained");
     assert!(
@@ -257,7 +259,7 @@ async fn model_switch(kind: StoreKind) {
     }
     assert!(index.verify().await.unwrap().is_clean());
     let hits = index
-        .query("sourdough bread proofing", 1, None)
+        .query("sourdough bread proofing", 1, None, None)
         .await
         .unwrap();
     assert_eq!(str_field(&hits[0].payload, "doc_key"), "sourdough.html");
@@ -316,7 +318,10 @@ async fn first_build_partial(kind: StoreKind) {
         indexed > 0,
         "nothing queryable after an interrupted first build"
     );
-    let hits = reader.query("anything at all", 3, None).await.unwrap();
+    let hits = reader
+        .query("anything at all", 3, None, None)
+        .await
+        .unwrap();
     assert!(!hits.is_empty());
     assert!(
         reader

@@ -43,7 +43,7 @@ async fn natural_language_queries_find_the_right_document() {
         ),
     ];
     for (query, expected) in cases {
-        let hits = index.query(query, 3, None).await.unwrap();
+        let hits = index.query(query, 3, None, None).await.unwrap();
         assert!(!hits.is_empty(), "no hits for {query:?}");
         assert_eq!(
             str_field(&hits[0].payload, "doc_key"),
@@ -195,7 +195,7 @@ async fn incremental_sync_touches_only_what_changed() {
         }
     }
     let hits = index
-        .query("oil the chain every 300 kilometres", 10, None)
+        .query("oil the chain every 300 kilometres", 10, None, None)
         .await
         .unwrap();
     assert!(

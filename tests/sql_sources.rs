@@ -133,7 +133,7 @@ async fn index_and_follow_changes(url: &str, tag: &str) {
     assert_eq!(first.totals.added, 3);
 
     let hits = index
-        .query("how do I get my money back for a purchase", 1, None)
+        .query("how do I get my money back for a purchase", 1, None, None)
         .await
         .unwrap();
     let top = &hits[0].payload;

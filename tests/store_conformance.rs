@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use common::{StoreKind, PGVECTOR_URL_ENV};
 use freshet::config::{Config, StoreConfig};
+use freshet::sparse::Bm25Encoder;
 use freshet::store::{
-    Catalog, Filter, IndexInfo, Payload, Point, PointId, StoreError, VectorStore,
+    Catalog, Filter, IndexInfo, Payload, Point, PointId, Query, QueryMode, StoreError, VectorStore,
 };
 use uuid::Uuid;
 
@@ -42,10 +43,14 @@ fn payload(i: usize, version: &str) -> Payload {
 
 fn points(range: std::ops::Range<usize>, version: &str) -> Vec<Point> {
     range
-        .map(|i| Point {
-            id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("point-{i}").as_bytes()),
-            vector: vector(i),
-            payload: payload(i, version),
+        .map(|i| {
+            let payload = payload(i, version);
+            Point {
+                id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("point-{i}").as_bytes()),
+                vector: vector(i),
+                sparse: Some(Bm25Encoder::new().document(payload["text"].as_str().unwrap())),
+                payload,
+            }
         })
         .collect()
 }
@@ -63,10 +68,12 @@ async fn catalog(config: &Config) -> Arc<dyn Catalog> {
 }
 
 fn info(catalog: &dyn Catalog, model: &str, dim: usize) -> IndexInfo {
+    let sparse = Some(catalog.sparse_kind());
     IndexInfo {
-        collection: catalog.collection_name(model, dim),
+        collection: catalog.collection_name(model, dim, sparse),
         model_id: model.into(),
         dim,
+        sparse,
     }
 }
 
@@ -195,7 +202,10 @@ async fn conformance(kind: StoreKind) {
 
     // Search: the nearest point to its own vector is itself; a selective filter still
     // returns k rows whenever k rows match (pgvector filters after its HNSW scan).
-    let hits = store.search(&vector(200), 5, None).await.unwrap();
+    let hits = store
+        .search(&Query::dense(&vector(200), 5, None))
+        .await
+        .unwrap();
     assert_eq!(hits.len(), 5);
     assert_eq!(hits[0].payload["chunk_hash"], "hash-200", "{kind:?}");
     assert!(
@@ -207,7 +217,7 @@ async fn conformance(kind: StoreKind) {
     let rare = Filter::default().field("source_id", "rare");
     let rare_live = expected(&|i| i % 50 == 0);
     let hits = store
-        .search(&vector(1), 10, Some(rare.clone()))
+        .search(&Query::dense(&vector(1), 10, Some(rare.clone())))
         .await
         .unwrap();
     assert_eq!(
@@ -216,9 +226,15 @@ async fn conformance(kind: StoreKind) {
         "{kind:?}: a selective filter came back short"
     );
     assert!(hits.iter().all(|h| h.payload["source_id"] == "rare"));
-    let hits = store.search(&vector(2), 3, Some(rare)).await.unwrap();
+    let hits = store
+        .search(&Query::dense(&vector(2), 3, Some(rare)))
+        .await
+        .unwrap();
     assert_eq!(hits.len(), 3, "{kind:?}");
-    let everything = store.search(&vector(3), live + 50, None).await.unwrap();
+    let everything = store
+        .search(&Query::dense(&vector(3), live + 50, None))
+        .await
+        .unwrap();
     assert_eq!(everything.len(), live, "{kind:?}: k beyond the collection");
 
     // Dimension mismatch: named on both sides; a wrong-size vector is refused.
@@ -285,6 +301,238 @@ async fn conformance(kind: StoreKind) {
     // Publishing again is a no-op.
     cat.publish(&second).await.unwrap();
     assert_eq!(cat.published().await.unwrap().as_ref(), Some(&second));
+}
+
+/// A point whose payload text is `text`, with its BM25 weights.
+fn text_point(i: usize, source: &str, text: &str) -> Point {
+    let serde_json::Value::Object(payload) = serde_json::json!({
+        "source_id": source,
+        "doc_key": format!("doc-{i}"),
+        "chunk_hash": format!("hash-{i}"),
+        "text": text,
+    }) else {
+        unreachable!()
+    };
+    Point {
+        id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("text-{i}").as_bytes()),
+        vector: vector(i),
+        sparse: Some(Bm25Encoder::new().document(text)),
+        payload,
+    }
+}
+
+fn keyword_query(mode: QueryMode, text: &str, dense: Vec<f32>, k: usize) -> Query {
+    Query {
+        mode,
+        dense,
+        sparse: Some(Bm25Encoder::new().query(text)),
+        text: text.to_string(),
+        k,
+        candidates: 20,
+        rrf_k: 60,
+        filter: None,
+    }
+}
+
+fn keys(hits: &[freshet::store::Hit]) -> Vec<String> {
+    hits.iter()
+        .map(|h| h.payload["doc_key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The keyword side: term matches rank, rare terms outrank common ones, hybrid fuses
+/// both rankings, filters hold in every mode, overwrites and deletes reach the keyword
+/// index, and a dense-only collection refuses keyword queries with a way out.
+async fn keyword_conformance(kind: StoreKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(kind.config(), dir.path());
+    let cat = catalog(&config).await;
+    let keywords = info(cat.as_ref(), "keywords", DIM);
+    let store = cat.open(&keywords).await.unwrap();
+    let mut points: Vec<Point> = (0..30)
+        .map(|i| {
+            text_point(
+                i,
+                "docs",
+                &format!("weekly report number {i} about nothing in particular"),
+            )
+        })
+        .collect();
+    points.push(text_point(
+        30,
+        "docs",
+        "the zeppelin report: an airship over the harbour",
+    ));
+    points.push(text_point(
+        31,
+        "docs",
+        "flux capacitor wiring needs 1.21 gigawatts",
+    ));
+    points.push(text_point(
+        32,
+        "other",
+        "zeppelin hangar doors, second source",
+    ));
+    store.upsert(points).await.unwrap();
+
+    let hits = store
+        .search(&keyword_query(
+            QueryMode::Sparse,
+            "flux capacitor",
+            Vec::new(),
+            5,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(keys(&hits), ["doc-31"], "{kind:?}: only the matching chunk");
+    let hits = store
+        .search(&keyword_query(
+            QueryMode::Sparse,
+            "zeppelin report",
+            Vec::new(),
+            3,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&hits)[0],
+        "doc-30",
+        "{kind:?}: both terms, one rare: {:?}",
+        keys(&hits)
+    );
+    assert_eq!(hits.len(), 3);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    // Filters hold in keyword mode.
+    let mut only_other = keyword_query(QueryMode::Sparse, "zeppelin", Vec::new(), 5);
+    only_other.filter = Some(Filter::default().field("source_id", "other"));
+    assert_eq!(
+        keys(&store.search(&only_other).await.unwrap()),
+        ["doc-32"],
+        "{kind:?}"
+    );
+
+    // Hybrid: the dense side's best (point 7's own vector) and the keyword side's best
+    // (the capacitor) both come first, ahead of chunks only one side ranks low.
+    let hybrid = keyword_query(QueryMode::Hybrid, "capacitor", vector(7), 2);
+    let hits = store.search(&hybrid).await.unwrap();
+    let mut top: Vec<String> = keys(&hits);
+    top.sort();
+    assert_eq!(top, ["doc-31", "doc-7"], "{kind:?}");
+    let mut filtered = keyword_query(QueryMode::Hybrid, "capacitor", vector(7), 5);
+    filtered.filter = Some(Filter::default().field("source_id", "other"));
+    assert_eq!(
+        keys(&store.search(&filtered).await.unwrap()),
+        ["doc-32"],
+        "{kind:?}: hybrid filter"
+    );
+
+    // An overwrite replaces the terms; a delete removes them.
+    store
+        .upsert(vec![text_point(31, "docs", "plain wiring notes")])
+        .await
+        .unwrap();
+    let hits = store
+        .search(&keyword_query(
+            QueryMode::Sparse,
+            "capacitor",
+            Vec::new(),
+            5,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        hits.is_empty(),
+        "{kind:?}: old terms still match: {:?}",
+        keys(&hits)
+    );
+    store
+        .delete(vec![text_point(30, "docs", "").id])
+        .await
+        .unwrap();
+    let hits = store
+        .search(&keyword_query(QueryMode::Sparse, "airship", Vec::new(), 5))
+        .await
+        .unwrap();
+    assert!(hits.is_empty(), "{kind:?}: a deleted chunk still matches");
+    // A query of stopwords only matches nothing (and is no error).
+    let hits = store
+        .search(&keyword_query(
+            QueryMode::Sparse,
+            "the of and",
+            Vec::new(),
+            5,
+        ))
+        .await
+        .unwrap();
+    assert!(hits.is_empty(), "{kind:?}");
+    drop(store);
+
+    // A dense-only collection (as built before hybrid retrieval) answers dense queries
+    // and refuses keyword ones, saying what to do.
+    let dense_only = IndexInfo {
+        collection: cat.collection_name("dense-only", DIM, None),
+        model_id: "dense-only".into(),
+        dim: DIM,
+        sparse: None,
+    };
+    assert_ne!(
+        dense_only.collection,
+        cat.collection_name("dense-only", DIM, Some(cat.sparse_kind()))
+    );
+    let store = cat.open(&dense_only).await.unwrap();
+    let mut point = text_point(1, "docs", "flux capacitor");
+    point.sparse = None;
+    store.upsert(vec![point]).await.unwrap();
+    assert_eq!(
+        store
+            .search(&Query::dense(&vector(1), 1, None))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let err = store
+        .search(&keyword_query(QueryMode::Hybrid, "flux", vector(1), 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Rejected(_)) && err.to_string().contains("--mode dense"),
+        "{kind:?}: {err}"
+    );
+    drop(store);
+    // The same collection opened as keyword-keeping is a mismatch, never a silent mix.
+    let wrong = IndexInfo {
+        sparse: Some(cat.sparse_kind()),
+        ..dense_only.clone()
+    };
+    let err = cat
+        .open(&wrong)
+        .await
+        .err()
+        .expect("opened a dense-only collection as hybrid");
+    assert!(
+        matches!(err, StoreError::Mismatch { .. }),
+        "{kind:?}: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_keeps_keywords() {
+    keyword_conformance(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgvector_keeps_keywords() {
+    if let Some(kind) = StoreKind::pgvector("keyword conformance") {
+        keyword_conformance(kind).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_keeps_keywords() {
+    if let Some(kind) = StoreKind::qdrant("keyword conformance") {
+        keyword_conformance(kind).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

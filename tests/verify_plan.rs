@@ -82,6 +82,7 @@ async fn verify_reports_payload_mismatches() {
         .upsert(vec![freshet::store::Point {
             id: *id,
             vector: vec![0.1; 384],
+            sparse: None,
             payload,
         }])
         .await

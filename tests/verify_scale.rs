@@ -99,6 +99,7 @@ async fn populate(index: &Index) {
                 .map(|i| Point {
                     id: point_id(i),
                     vector: vector(i, dim),
+                    sparse: None,
                     payload: payload(i, &content_hash(i)),
                 })
                 .collect();
@@ -169,6 +170,7 @@ async fn verify_at_scale(kind: StoreKind) {
         .upsert(vec![Point {
             id: in_flight,
             vector: vector(99, index.info.dim),
+            sparse: None,
             payload: payload(99, "the next version"),
         }])
         .await
@@ -206,6 +208,7 @@ async fn verify_at_scale(kind: StoreKind) {
                 .map(|&i| Point {
                     id: point_id(i),
                     vector: vector(i, index.info.dim),
+                    sparse: None,
                     payload: payload(i, "not-the-content"),
                 })
                 .collect(),
@@ -333,6 +336,7 @@ async fn repair_orphans(kind: StoreKind) {
         .map(|n| Point {
             id: uuid::Uuid::new_v4(),
             vector: vector(n, dim),
+            sparse: None,
             payload: if n % 6 == 0 {
                 Payload::new()
             } else {

@@ -102,6 +102,10 @@ pub(super) async fn commit_batches(
                 points.push(Point {
                     id: *id,
                     vector,
+                    sparse: ctx
+                        .sparse
+                        .as_ref()
+                        .map(|bm25| bm25.document(&chunk.embed_text)),
                     payload: payload(&ctx, &doc, chunk, &indexed_at),
                 });
             }

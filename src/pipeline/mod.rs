@@ -30,6 +30,7 @@ use crate::embed::Embedder;
 use crate::extract::MediaType;
 use crate::index::Index;
 use crate::ledger::{now, now_ms, DocRecord, Lease, Leases, Ledger, LedgerError};
+use crate::sparse::Bm25Encoder;
 use crate::store::{PointId, VectorStore};
 use crate::telemetry::LiveCounters;
 use crate::units::Unit;
@@ -322,6 +323,8 @@ struct Ctx {
     collection: String,
     ledger: Ledger,
     embedder: Arc<dyn Embedder>,
+    /// BM25 term weights beside the vectors, where the collection keeps them.
+    sparse: Option<Arc<Bm25Encoder>>,
     chunker: Arc<Chunker>,
     store: Arc<dyn VectorStore>,
     max_document_bytes: u64,
@@ -413,6 +416,7 @@ impl Index {
             collection: self.info.collection.clone(),
             ledger: self.ledger.clone(),
             embedder: self.embedder.clone(),
+            sparse: self.sparse.clone(),
             chunker: self.chunker.clone(),
             store: self.store.clone(),
             max_document_bytes: self.config.pipeline.max_document_bytes,

@@ -10,15 +10,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
-    FieldCondition, FieldIndexOperations, JsonPath, PayloadFieldSchema, PayloadSchemaType,
-    PointId as EdgePointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
-    ScrollRequest, SearchRequest, UpdateOperation, WithPayloadInterface, WithVector,
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard,
+    EdgeSparseVectorParamsBuilder, EdgeVectorParams, FieldCondition, FieldIndexOperations, Fusion,
+    JsonPath, Modifier, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId as EdgePointId,
+    PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest,
+    ScoringQuery, ScrollRequest, UpdateOperation, Vector as EdgeVector, VectorInternal, Vectors,
+    WithPayloadInterface, WithVector,
 };
 
 use super::{
-    model_slug, Catalog, Filter, Hit, IndexInfo, Payload, Point, PointId, StoreError, StoredPoint,
-    VectorStore, INDEXED_FIELDS,
+    collection_slug, Catalog, Filter, Hit, IndexInfo, Payload, Point, PointId, Query, QueryMode,
+    SparseKind, StoreError, StoredPoint, VectorStore, DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR,
 };
 
 const INDEX_FILE: &str = "index.json";
@@ -75,8 +77,12 @@ impl Catalog for EdgeCatalog {
         true
     }
 
-    fn collection_name(&self, model_id: &str, dim: usize) -> String {
-        model_slug(model_id, dim)
+    fn sparse_kind(&self) -> SparseKind {
+        SparseKind::Bm25
+    }
+
+    fn collection_name(&self, model_id: &str, dim: usize, sparse: Option<SparseKind>) -> String {
+        collection_slug(model_id, dim, sparse)
     }
 
     async fn published(&self) -> Result<Option<IndexInfo>, StoreError> {
@@ -85,7 +91,12 @@ impl Catalog for EdgeCatalog {
 
     async fn open(&self, info: &IndexInfo) -> Result<Arc<dyn VectorStore>, StoreError> {
         Ok(Arc::new(
-            EdgeStore::open(&self.collection_path(&info.collection), info.dim).await?,
+            EdgeStore::open(
+                &self.collection_path(&info.collection),
+                info.dim,
+                info.sparse == Some(SparseKind::Bm25),
+            )
+            .await?,
         ))
     }
 
@@ -126,6 +137,9 @@ impl Catalog for EdgeCatalog {
 pub struct EdgeStore {
     path: PathBuf,
     shard: Arc<EdgeShard>,
+    /// Whether the collection keeps BM25 sparse vectors (then its dense vector is named
+    /// [`DENSE_VECTOR`]; without, it is the single unnamed vector of older indexes).
+    keywords: bool,
 }
 
 impl std::fmt::Debug for EdgeStore {
@@ -138,15 +152,23 @@ impl std::fmt::Debug for EdgeStore {
 
 impl EdgeStore {
     /// Opens the collection at `path`, creating it for `dim`-dimensional cosine vectors if
-    /// it does not exist yet.
-    pub async fn open(path: &Path, dim: usize) -> Result<Self, StoreError> {
+    /// it does not exist yet (with a BM25 sparse vector beside them when `keywords`).
+    pub async fn open(path: &Path, dim: usize, keywords: bool) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let open_path = path.clone();
-        let shard = blocking(move || open_shard(&open_path, dim)).await??;
-        let store = Self {
-            path,
-            shard: Arc::new(shard),
-        };
+        let shard = blocking(move || open_shard(&open_path, dim, keywords)).await??;
+        let store = Self::new(path, shard);
+        if store.keywords != keywords {
+            return Err(StoreError::Mismatch {
+                collection: store.path.display().to_string(),
+                existing: store.layout(),
+                wanted: if keywords {
+                    "dense and BM25 vectors".into()
+                } else {
+                    "dense vectors only".into()
+                },
+            });
+        }
         store.ensure_collection(dim).await?;
         Ok(store)
     }
@@ -165,14 +187,41 @@ impl EdgeStore {
             })
         })
         .await??;
-        Ok(Some(Self {
+        Ok(Some(Self::new(path, shard)))
+    }
+
+    fn new(path: PathBuf, shard: EdgeShard) -> Self {
+        let keywords = shard.config().sparse_vectors.contains_key(SPARSE_VECTOR);
+        Self {
             path,
             shard: Arc::new(shard),
-        }))
+            keywords,
+        }
+    }
+
+    fn layout(&self) -> String {
+        if self.keywords {
+            "dense and BM25 vectors".into()
+        } else {
+            "dense vectors only".into()
+        }
+    }
+
+    /// The dense vector's name in this collection.
+    fn dense_name(&self) -> &'static str {
+        if self.keywords {
+            DENSE_VECTOR
+        } else {
+            ""
+        }
     }
 
     pub fn dim(&self) -> Option<usize> {
-        self.shard.config().vectors.get("").map(|v| v.size)
+        self.shard
+            .config()
+            .vectors
+            .get(self.dense_name())
+            .map(|v| v.size)
     }
 
     async fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
@@ -188,7 +237,7 @@ impl EdgeStore {
     }
 }
 
-fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
+fn open_shard(path: &Path, dim: usize, keywords: bool) -> Result<EdgeShard, StoreError> {
     let open_err = |reason: String| StoreError::Open {
         target: path.display().to_string(),
         reason,
@@ -198,10 +247,21 @@ fn open_shard(path: &Path, dim: usize) -> Result<EdgeShard, StoreError> {
     if path.join("edge_config.json").is_file() {
         EdgeShard::load(path, None).map_err(|err| open_err(err.to_string()))
     } else {
-        let config = EdgeConfig::builder()
-            .vector("", EdgeVectorParams::builder(dim, Distance::Cosine).build())
-            .on_disk_payload(true)
-            .build();
+        let dense = EdgeVectorParams::builder(dim, Distance::Cosine).build();
+        let config = if keywords {
+            EdgeConfig::builder()
+                .vector(DENSE_VECTOR, dense)
+                .sparse_vector(
+                    SPARSE_VECTOR,
+                    EdgeSparseVectorParamsBuilder::new()
+                        .modifier(Modifier::Idf)
+                        .build(),
+                )
+        } else {
+            EdgeConfig::builder().vector("", dense)
+        }
+        .on_disk_payload(true)
+        .build();
         let shard = EdgeShard::new(path, config).map_err(|err| open_err(err.to_string()))?;
         for field in INDEXED_FIELDS {
             let field_name = JsonPath::try_from(field).expect("a plain field name is a path");
@@ -291,10 +351,10 @@ fn payload_of(payload: Option<qdrant_edge::Payload>) -> Payload {
         .unwrap_or_default()
 }
 
-fn dense_of(vector: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
+fn dense_of(vector: Option<qdrant_edge::VectorStructInternal>, name: &str) -> Option<Vec<f32>> {
     match vector? {
         qdrant_edge::VectorStructInternal::Single(v) => Some(v),
-        qdrant_edge::VectorStructInternal::Named(mut named) => match named.remove("")? {
+        qdrant_edge::VectorStructInternal::Named(mut named) => match named.remove(name)? {
             qdrant_edge::VectorInternal::Dense(v) => Some(v),
             _ => None,
         },
@@ -319,17 +379,34 @@ impl VectorStore for EdgeStore {
         if points.is_empty() {
             return Ok(());
         }
+        let keywords = self.keywords;
         let points = points
             .into_iter()
             .map(|p| {
-                PointStruct::new(
+                let vectors: Vectors = if keywords {
+                    let sparse = p.sparse.unwrap_or_default();
+                    let sparse =
+                        EdgeVector::new_sparse(sparse.indices, sparse.values).map_err(|err| {
+                            StoreError::Rejected(format!(
+                                "point {} has an invalid BM25 vector: {err}",
+                                p.id
+                            ))
+                        })?;
+                    Vectors::new_named([
+                        (DENSE_VECTOR, EdgeVector::new_dense(p.vector)),
+                        (SPARSE_VECTOR, sparse),
+                    ])
+                } else {
+                    p.vector.into()
+                };
+                Ok(PointStruct::new(
                     EdgePointId::Uuid(p.id),
-                    p.vector,
+                    vectors,
                     serde_json::Value::Object(p.payload),
                 )
-                .into()
+                .into())
             })
-            .collect();
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.write(UpdateOperation::PointOperation(
             PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
         ))
@@ -347,24 +424,62 @@ impl VectorStore for EdgeStore {
         .await
     }
 
-    async fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: Option<Filter>,
-    ) -> Result<Vec<Hit>, StoreError> {
-        let request = SearchRequest {
-            query: QueryEnum::Nearest(qdrant_edge::NamedQuery::default_dense(vector.to_vec())),
-            filter: to_edge_filter(filter),
+    async fn search(&self, query: &Query) -> Result<Vec<Hit>, StoreError> {
+        if query.mode.uses_keywords() && !self.keywords {
+            return Err(StoreError::no_keyword_side(
+                &self.path.display().to_string(),
+                query.mode,
+            ));
+        }
+        let dense = || {
+            QueryEnum::Nearest(NamedQuery::new(
+                VectorInternal::Dense(query.dense.clone()),
+                self.dense_name(),
+            ))
+        };
+        let sparse = || {
+            let terms = query.sparse.clone().unwrap_or_default();
+            QueryEnum::Nearest(NamedQuery::new(
+                VectorInternal::Sparse(qdrant_edge::SparseVector {
+                    indices: terms.indices,
+                    values: terms.values,
+                }),
+                SPARSE_VECTOR,
+            ))
+        };
+        let filter = to_edge_filter(query.filter.clone());
+        let prefetch = |scoring: QueryEnum| Prefetch {
+            prefetches: Vec::new(),
+            query: Some(ScoringQuery::Vector(scoring)),
+            limit: query.prefetch_limit(),
             params: None,
-            limit: k,
-            offset: 0,
-            with_payload: Some(WithPayloadInterface::Bool(true)),
-            with_vector: Some(WithVector::Bool(false)),
+            filter: filter.clone(),
             score_threshold: None,
         };
+        let (prefetches, scoring) = match query.mode {
+            QueryMode::Dense => (Vec::new(), ScoringQuery::Vector(dense())),
+            QueryMode::Sparse => (Vec::new(), ScoringQuery::Vector(sparse())),
+            QueryMode::Hybrid => (
+                vec![prefetch(dense()), prefetch(sparse())],
+                ScoringQuery::Fusion(Fusion::Rrf {
+                    k: query.rrf_k,
+                    weights: None,
+                }),
+            ),
+        };
+        let request = QueryRequest {
+            prefetches,
+            query: Some(scoring),
+            filter,
+            score_threshold: None,
+            limit: query.k,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
         let shard = self.shard.clone();
-        let points = blocking(move || shard.search(request))
+        let points = blocking(move || shard.query(request))
             .await?
             .map_err(|err| StoreError::Operation(err.to_string()))?;
         points
@@ -406,6 +521,7 @@ impl VectorStore for EdgeStore {
             order_by: None,
         };
         let shard = self.shard.clone();
+        let dense_name = self.dense_name();
         let (records, next) = blocking(move || shard.scroll(request))
             .await?
             .map_err(|err| StoreError::Operation(err.to_string()))?;
@@ -415,7 +531,7 @@ impl VectorStore for EdgeStore {
                 Ok(StoredPoint {
                     id: uuid_of(r.id)?,
                     payload: payload_of(r.payload),
-                    vector: dense_of(r.vector),
+                    vector: dense_of(r.vector, dense_name),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

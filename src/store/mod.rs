@@ -23,6 +23,8 @@ pub use edge::{EdgeCatalog, EdgeStore};
 pub use pgvector::{PgvectorCatalog, PgvectorStore, UpsertMethod};
 pub use qdrant::{QdrantCatalog, QdrantStore};
 
+pub use crate::sparse::SparseVector;
+
 pub type PointId = Uuid;
 pub type Payload = serde_json::Map<String, serde_json::Value>;
 
@@ -30,7 +32,125 @@ pub type Payload = serde_json::Map<String, serde_json::Value>;
 pub struct Point {
     pub id: PointId,
     pub vector: Vec<f32>,
+    /// The chunk's BM25 term weights, for collections that keep them
+    /// ([`SparseKind::Bm25`]); `None` elsewhere.
+    pub sparse: Option<SparseVector>,
     pub payload: Payload,
+}
+
+/// The names of the two vectors of a collection with a keyword side (a collection
+/// without one keeps its single unnamed dense vector, as before hybrid retrieval).
+pub const DENSE_VECTOR: &str = "dense";
+pub const SPARSE_VECTOR: &str = "bm25";
+
+/// How a collection keeps the keyword side of hybrid retrieval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseKind {
+    /// freshet sends each chunk's BM25 term weights (fastembed's `Qdrant/bm25`) as a
+    /// sparse vector; the engine keeps document frequencies (the IDF modifier).
+    Bm25,
+    /// The database indexes the chunk text itself (PostgreSQL full-text search).
+    FullText,
+}
+
+impl SparseKind {
+    /// The suffix that keeps such a collection apart from a dense-only one.
+    fn suffix(self) -> &'static str {
+        match self {
+            SparseKind::Bm25 => "bm25",
+            SparseKind::FullText => "fts",
+        }
+    }
+}
+
+/// Which ranking a query uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryMode {
+    /// Nearest dense vectors (cosine).
+    Dense,
+    /// Keyword ranking only: BM25, or full-text rank in PostgreSQL.
+    Sparse,
+    /// Both, fused by reciprocal rank.
+    Hybrid,
+}
+
+impl QueryMode {
+    pub const ALL: [QueryMode; 3] = [QueryMode::Dense, QueryMode::Sparse, QueryMode::Hybrid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryMode::Dense => "dense",
+            QueryMode::Sparse => "sparse",
+            QueryMode::Hybrid => "hybrid",
+        }
+    }
+
+    pub fn uses_dense(self) -> bool {
+        self != QueryMode::Sparse
+    }
+
+    pub fn uses_keywords(self) -> bool {
+        self != QueryMode::Dense
+    }
+}
+
+impl std::fmt::Display for QueryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for QueryMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        QueryMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown query mode `{s}`: use dense, sparse or hybrid"))
+    }
+}
+
+/// One search, ready for a store: every representation its mode needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub mode: QueryMode,
+    /// The query's dense vector (empty for a sparse-only query).
+    pub dense: Vec<f32>,
+    /// The query's BM25 terms (stores that keep [`SparseKind::Bm25`]).
+    pub sparse: Option<SparseVector>,
+    /// The query text (stores that rank text themselves, [`SparseKind::FullText`]).
+    pub text: String,
+    /// Results wanted.
+    pub k: usize,
+    /// Candidates each side brings to a hybrid fusion (at least `k`).
+    pub candidates: usize,
+    /// Reciprocal rank fusion's constant.
+    pub rrf_k: usize,
+    pub filter: Option<Filter>,
+}
+
+impl Query {
+    /// A dense nearest-neighbour query (the engine-level call tools and tests use).
+    pub fn dense(vector: &[f32], k: usize, filter: Option<Filter>) -> Self {
+        Query {
+            mode: QueryMode::Dense,
+            dense: vector.to_vec(),
+            sparse: None,
+            text: String::new(),
+            k,
+            candidates: k,
+            rrf_k: 60,
+            filter,
+        }
+    }
+
+    /// How many candidates each side of a fusion brings.
+    pub fn prefetch_limit(&self) -> usize {
+        self.candidates.max(self.k)
+    }
 }
 
 /// A search result.
@@ -129,6 +249,13 @@ impl StoreError {
         Ok(())
     }
 
+    /// A keyword or hybrid query on a collection that keeps dense vectors only.
+    pub fn no_keyword_side(collection: &str, mode: QueryMode) -> Self {
+        StoreError::Rejected(format!(
+            "a {mode} query needs keyword (BM25) data, but {collection} keeps dense vectors only: query with --mode dense, or set `[retrieval] sparse = true` and run `freshet sync` to build an index with both"
+        ))
+    }
+
     /// Refuses vectors of another dimension than the collection's.
     pub fn check_dimension(collection: &str, existing: usize, wanted: usize) -> Result<(), Self> {
         if existing == wanted {
@@ -156,6 +283,10 @@ pub struct IndexInfo {
     pub collection: String,
     pub model_id: String,
     pub dim: usize,
+    /// The keyword side it keeps, if any (absent in indexes built before hybrid
+    /// retrieval, which hold dense vectors only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<SparseKind>,
 }
 
 /// Where collections live: one per model, behind the one name applications query.
@@ -170,8 +301,10 @@ pub trait Catalog: Send + Sync {
     fn single_process(&self) -> bool {
         false
     }
-    /// The physical collection for a model's vectors.
-    fn collection_name(&self, model_id: &str, dim: usize) -> String;
+    /// How this kind keeps the keyword side of hybrid retrieval.
+    fn sparse_kind(&self) -> SparseKind;
+    /// The physical collection for a model's vectors (and keyword side, if any).
+    fn collection_name(&self, model_id: &str, dim: usize, sparse: Option<SparseKind>) -> String;
     /// What the published name points at, if anything was published yet.
     async fn published(&self) -> Result<Option<IndexInfo>, StoreError>;
     /// Opens `info`'s collection for writing, creating it (with payload indexes) when it
@@ -213,6 +346,14 @@ pub fn model_slug(model_id: &str, dim: usize) -> String {
     format!("{slug}-{dim}")
 }
 
+/// [`model_slug`], with the keyword side's suffix when the collection keeps one.
+pub fn collection_slug(model_id: &str, dim: usize, sparse: Option<SparseKind>) -> String {
+    match sparse {
+        Some(kind) => format!("{}-{}", model_slug(model_id, dim), kind.suffix()),
+        None => model_slug(model_id, dim),
+    }
+}
+
 /// Retries a store call on transient errors (a few quick attempts: the pipeline retries
 /// writes again on top, with its own patience).
 pub(crate) async fn with_retry<T, F, Fut>(
@@ -240,12 +381,9 @@ pub trait VectorStore: Send + Sync {
     async fn upsert(&self, points: Vec<Point>) -> Result<(), StoreError>;
     /// Applied and durable on return; unknown ids are ignored.
     async fn delete(&self, ids: Vec<PointId>) -> Result<(), StoreError>;
-    async fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: Option<Filter>,
-    ) -> Result<Vec<Hit>, StoreError>;
+    /// The `query.k` best chunks by `query.mode`, best first. A keyword or hybrid query
+    /// on a collection without a keyword side is refused.
+    async fn search(&self, query: &Query) -> Result<Vec<Hit>, StoreError>;
     async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError>;
     /// Pages through every point in id order; `None` as the next offset means done.
     async fn scroll(

@@ -1,7 +1,10 @@
 //! PostgreSQL with pgvector through sqlx. Applications query a view; freshet writes into
 //! a table per model (`<table>__<hash>`: a uuid key, a `vector(dim)` column with an HNSW
 //! cosine index, a `jsonb` payload, and indexed columns for `source_id`, `doc_key` and
-//! `chunk_hash` generated from it). Tables and the view carry a `freshet` comment.
+//! `chunk_hash` generated from it). Tables and the view carry a `freshet` comment. With
+//! a keyword side, a `text_search` column (`tsvector`, generated from the chunk text with
+//! the `english` configuration, GIN-indexed) serves keyword queries, and hybrid queries
+//! fuse its ranking with the vector ranking by reciprocal rank in one SQL statement.
 //!
 //! Invariants: a write returns after its transaction committed; the view is replaced in
 //! one transaction; a filtered query returns k rows whenever k rows match (pgvector 0.6
@@ -19,7 +22,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
     model_slug, with_retry, Catalog, Condition, Filter, Hit, IndexInfo, Payload, Point, PointId,
-    StoreError, StoredPoint, VectorStore,
+    Query, QueryMode, SparseKind, StoreError, StoredPoint, VectorStore,
 };
 use crate::config::PgvectorConfig;
 
@@ -226,6 +229,7 @@ impl PgvectorCatalog {
             collection: name.to_string(),
             model_id: marker["model_id"].as_str()?.to_string(),
             dim: marker["dim"].as_u64()? as usize,
+            sparse: serde_json::from_value(marker["sparse"].clone()).unwrap_or(None),
         })
     }
 
@@ -236,6 +240,7 @@ impl PgvectorCatalog {
                 "collection": info.collection,
                 "model_id": info.model_id,
                 "dim": info.dim,
+                "sparse": info.sparse,
                 "created_by": format!("freshet {}", env!("CARGO_PKG_VERSION")),
             }
         })
@@ -259,6 +264,29 @@ impl PgvectorCatalog {
         .await
         .map_err(sql_error)?;
         let kind: Option<String> = row.map(|r| r.get("kind"));
+        let text_search: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute a
+             WHERE a.attrelid = to_regclass($1) AND a.attname = 'text_search' AND NOT a.attisdropped)",
+        )
+        .bind(quoted(&self.settings.schema, &info.collection))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        let full_text = info.sparse == Some(SparseKind::FullText);
+        if text_search != full_text {
+            let layout = |with: bool| {
+                if with {
+                    "a text_search (tsvector) column for keyword queries".to_string()
+                } else {
+                    "no text_search column (dense vectors only)".to_string()
+                }
+            };
+            return Err(StoreError::Mismatch {
+                collection: name,
+                existing: layout(text_search),
+                wanted: layout(full_text),
+            });
+        }
         let wanted = format!("vector({})", info.dim);
         if kind.as_deref() != Some(wanted.as_str()) {
             return Err(StoreError::Mismatch {
@@ -302,7 +330,13 @@ impl PgvectorCatalog {
             .execute(&mut *tx)
             .await
             .map_err(sql_error)?;
-        let statements = [
+        let full_text = info.sparse == Some(SparseKind::FullText);
+        let text_search_column = if full_text {
+            ",\n                    text_search tsvector GENERATED ALWAYS AS (to_tsvector('english', coalesce(payload->>'text', ''))) STORED"
+        } else {
+            ""
+        };
+        let mut statements = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {table} (
                     id uuid PRIMARY KEY,
@@ -310,7 +344,7 @@ impl PgvectorCatalog {
                     payload jsonb NOT NULL,
                     source_id text GENERATED ALWAYS AS (payload->>'source_id') STORED,
                     doc_key text GENERATED ALWAYS AS (payload->>'doc_key') STORED,
-                    chunk_hash text GENERATED ALWAYS AS (payload->>'chunk_hash') STORED
+                    chunk_hash text GENERATED ALWAYS AS (payload->>'chunk_hash') STORED{text_search_column}
                 )",
                 dim = info.dim
             ),
@@ -320,6 +354,11 @@ impl PgvectorCatalog {
             format!("CREATE INDEX IF NOT EXISTS \"{name}_chunk_hash\" ON {table} (chunk_hash)"),
             format!("COMMENT ON TABLE {table} IS {}", literal(&self.marker_comment(info))),
         ];
+        if full_text {
+            statements.push(format!(
+                "CREATE INDEX IF NOT EXISTS \"{name}_text_search\" ON {table} USING gin (text_search)"
+            ));
+        }
         // Only a table that is not there yet gets freshet's comment.
         let existing = sqlx::query_scalar::<_, Option<String>>("SELECT to_regclass($1)::text")
             .bind(&table)
@@ -365,6 +404,7 @@ impl PgvectorCatalog {
             pool: self.pool.clone(),
             table: quoted(&self.settings.schema, &info.collection),
             dim: info.dim,
+            full_text: info.sparse == Some(SparseKind::FullText),
             ef_search: self.settings.ef_search as usize,
             batch_rows: self.settings.batch_rows,
         }
@@ -385,11 +425,19 @@ impl Catalog for PgvectorCatalog {
         )
     }
 
-    fn collection_name(&self, model_id: &str, dim: usize) -> String {
+    fn sparse_kind(&self) -> SparseKind {
+        SparseKind::FullText
+    }
+
+    fn collection_name(&self, model_id: &str, dim: usize, sparse: Option<SparseKind>) -> String {
         // Short and lower-case (PostgreSQL names stop at 63 bytes); the comment keeps
-        // the model's full name.
+        // the model's full name. A dense-only table keeps the name it had before hybrid
+        // retrieval.
         let hash = blake3::hash(model_slug(model_id, dim).as_bytes()).to_hex();
-        format!("{}__{}", self.view(), &hash[..10])
+        match sparse {
+            Some(_) => format!("{}__{}_fts", self.view(), &hash[..10]),
+            None => format!("{}__{}", self.view(), &hash[..10]),
+        }
     }
 
     async fn published(&self) -> Result<Option<IndexInfo>, StoreError> {
@@ -403,6 +451,7 @@ impl Catalog for PgvectorCatalog {
                 collection: collection.to_string(),
                 model_id: m["model_id"].as_str().unwrap_or_default().to_string(),
                 dim: m["dim"].as_u64().unwrap_or_default() as usize,
+                sparse: serde_json::from_value(m["sparse"].clone()).unwrap_or(None),
             })
         });
         match info {
@@ -447,9 +496,17 @@ impl Catalog for PgvectorCatalog {
                     "collection": info.collection,
                     "model_id": info.model_id,
                     "dim": info.dim,
+                    "sparse": info.sparse,
                 }
             })
             .to_string();
+            // Every table shows the same columns through the view (a dense-only one a
+            // NULL text_search), so it can be replaced in place whatever it pointed at.
+            let text_search = if info.sparse == Some(SparseKind::FullText) {
+                "text_search"
+            } else {
+                "NULL::tsvector AS text_search"
+            };
             // `embedding::vector` drops the dimension from the view's column type, so the
             // view can be replaced in place for any model: grants on it and views built
             // on it survive. A bounded wait for the lock: an application's long
@@ -457,7 +514,7 @@ impl Catalog for PgvectorCatalog {
             for statement in [
                 "SET LOCAL lock_timeout = '10s'".to_string(),
                 format!(
-                    "CREATE OR REPLACE VIEW {view} AS SELECT id, embedding::vector AS embedding, payload, source_id, doc_key, chunk_hash FROM {table}"
+                    "CREATE OR REPLACE VIEW {view} AS SELECT id, embedding::vector AS embedding, payload, source_id, doc_key, chunk_hash, {text_search} FROM {table}"
                 ),
                 format!("COMMENT ON VIEW {view} IS {}", literal(&comment)),
             ] {
@@ -543,6 +600,8 @@ pub struct PgvectorStore {
     /// Schema-qualified and quoted.
     table: String,
     dim: usize,
+    /// Whether the table has the `text_search` column (keyword queries).
+    full_text: bool,
     ef_search: usize,
     batch_rows: usize,
 }
@@ -574,6 +633,29 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &Option<Filter>) 
         query.push_bind(values);
         query.push(")");
     }
+}
+
+/// `(...) AS query(q)`: the text's lexemes under the `english` configuration, OR-ed into a
+/// tsquery (quoted, so no lexeme is parsed as query syntax; no lexeme: matches nothing).
+fn push_tsquery(sql: &mut QueryBuilder<'_, Postgres>, text: &str) {
+    sql.push(
+        r"(SELECT coalesce(string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''', ' | '), '')::tsquery AS q FROM unnest(tsvector_to_array(to_tsvector('english', ",
+    );
+    sql.push_bind(text.to_string());
+    sql.push("))) AS lexeme) AS query");
+}
+
+fn hits_of(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Hit>, StoreError> {
+    rows.into_iter()
+        .map(|row| {
+            let payload: sqlx::types::Json<Payload> = row.try_get("payload").map_err(sql_error)?;
+            Ok(Hit {
+                id: row.try_get("id").map_err(sql_error)?,
+                score: row.try_get("score").map_err(sql_error)?,
+                payload: payload.0,
+            })
+        })
+        .collect()
 }
 
 /// The rows of a COPY in text format: tab-separated, with `\`, tab, newline and carriage
@@ -688,6 +770,68 @@ impl PgvectorStore {
         Ok(tx)
     }
 
+    /// Chunks ranked by full-text rank: the query's lexemes (stemmed by the `english`
+    /// configuration, as the column is) OR-ed, so any term can match, as in BM25.
+    async fn keyword(&self, query: &Query) -> Result<Vec<Hit>, StoreError> {
+        let mut sql = QueryBuilder::<Postgres>::new(
+            "SELECT id, payload, ts_rank_cd(text_search, q)::real AS score FROM ",
+        );
+        sql.push(&self.table);
+        sql.push(", ");
+        push_tsquery(&mut sql, &query.text);
+        sql.push(" WHERE text_search @@ q");
+        push_filter(&mut sql, &query.filter);
+        sql.push(" ORDER BY score DESC, id LIMIT ");
+        sql.push_bind(query.k as i64);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(sql_error)?;
+        hits_of(rows)
+    }
+
+    /// Reciprocal rank fusion of the nearest vectors and the full-text ranking, each
+    /// bringing `candidates` rows, in one statement (the SQL an application can copy).
+    async fn hybrid(
+        &self,
+        vector: &pgvector::Vector,
+        query: &Query,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let candidates = query.prefetch_limit();
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        sqlx::query(&format!(
+            "SET LOCAL hnsw.ef_search = {}",
+            self.ef_search.max(candidates).min(MAX_EF_SEARCH)
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_error)?;
+        let mut sql = QueryBuilder::<Postgres>::new(
+            "WITH dense AS (SELECT id, row_number() OVER (ORDER BY distance) AS rank FROM (SELECT id, embedding <=> ",
+        );
+        sql.push_bind(vector.clone());
+        sql.push(" AS distance FROM ");
+        sql.push(&self.table);
+        sql.push(" WHERE TRUE");
+        push_filter(&mut sql, &query.filter);
+        sql.push(" ORDER BY distance LIMIT ");
+        sql.push_bind(candidates as i64);
+        sql.push(") d), keyword AS (SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM (SELECT id, ts_rank_cd(text_search, q) AS score FROM ");
+        sql.push(&self.table);
+        sql.push(", ");
+        push_tsquery(&mut sql, &query.text);
+        sql.push(" WHERE text_search @@ q");
+        push_filter(&mut sql, &query.filter);
+        sql.push(" ORDER BY score DESC, id LIMIT ");
+        sql.push_bind(candidates as i64);
+        sql.push(") s), fused AS (SELECT id, sum(1.0 / (");
+        sql.push_bind(query.rrf_k as i64);
+        sql.push(" + rank)) AS score FROM (SELECT * FROM dense UNION ALL SELECT * FROM keyword) r GROUP BY id) SELECT t.id, t.payload, fused.score::real AS score FROM fused JOIN ");
+        sql.push(&self.table);
+        sql.push(" t ON t.id = fused.id ORDER BY score DESC, t.id LIMIT ");
+        sql.push_bind(query.k as i64);
+        let rows = sql.build().fetch_all(&mut *tx).await.map_err(sql_error)?;
+        tx.commit().await.map_err(sql_error)?;
+        hits_of(rows)
+    }
+
     async fn nearest(
         &self,
         vector: &pgvector::Vector,
@@ -774,26 +918,34 @@ impl VectorStore for PgvectorStore {
         .await
     }
 
-    async fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: Option<Filter>,
-    ) -> Result<Vec<Hit>, StoreError> {
-        if k == 0 {
+    async fn search(&self, query: &Query) -> Result<Vec<Hit>, StoreError> {
+        if query.k == 0 {
             return Ok(Vec::new());
         }
-        let vector = pgvector::Vector::from(vector.to_vec());
+        if query.mode.uses_keywords() && !self.full_text {
+            return Err(StoreError::no_keyword_side(
+                &format!("table {}", self.table),
+                query.mode,
+            ));
+        }
+        let vector = pgvector::Vector::from(query.dense.clone());
+        let (k, filter) = (query.k, &query.filter);
         with_retry("search", ATTEMPTS, || async {
-            if k <= MAX_EF_SEARCH {
-                let hits = self.nearest(&vector, k, &filter, false).await?;
-                if hits.len() == k {
-                    return Ok(hits);
+            match query.mode {
+                QueryMode::Dense => {
+                    if k <= MAX_EF_SEARCH {
+                        let hits = self.nearest(&vector, k, filter, false).await?;
+                        if hits.len() == k {
+                            return Ok(hits);
+                        }
+                    }
+                    // The HNSW scan came back short (a selective filter, or k beyond what
+                    // it can return): an exact scan returns k rows whenever k rows match.
+                    self.nearest(&vector, k, filter, true).await
                 }
+                QueryMode::Sparse => self.keyword(query).await,
+                QueryMode::Hybrid => self.hybrid(&vector, query).await,
             }
-            // The HNSW scan came back short (a selective filter, or k beyond what it can
-            // return): an exact scan returns k rows whenever k rows match.
-            self.nearest(&vector, k, &filter, true).await
         })
         .await
     }
@@ -882,6 +1034,7 @@ mod tests {
         let point = Point {
             id: uuid::Uuid::nil(),
             vector: vec![0.5, -1.0],
+            sparse: None,
             payload,
         };
         let text = String::from_utf8(copy_text(&[point])).unwrap();

@@ -1,7 +1,9 @@
 //! A Qdrant server or cluster over gRPC (`qdrant-client`'s generated clients on a channel
 //! of our own, for TLS with a private CA and an API key header). Applications query an
-//! alias; freshet writes into `<alias>__<model>-<dim>` collections that carry a `freshet`
-//! entry in their metadata.
+//! alias; freshet writes into `<alias>__<model>-<dim>[-bm25]` collections that carry a
+//! `freshet` entry in their metadata. With a keyword side, a collection has a named dense
+//! vector and a named sparse BM25 vector with the IDF modifier, and hybrid queries fuse
+//! both in the server (the Query API with prefetches and RRF).
 //!
 //! Invariants: every write waits until it is applied (`wait = true`) before it returns;
 //! the alias moves in one `update_aliases` call (atomic for readers); a collection without
@@ -20,17 +22,20 @@ use qdrant_client::qdrant::{
     CollectionExistsRequest, Condition, CountPointsBuilder, CreateAlias, CreateCollectionBuilder,
     CreateFieldIndexCollectionBuilder, DeleteAlias, DeleteCollectionBuilder, DeletePointsBuilder,
     Distance, FieldType, GetCollectionInfoRequest, HealthCheckRequest, ListAliasesRequest,
-    ListCollectionsRequest, PointId as QPointId, PointStruct, PointsIdsList, QueryPointsBuilder,
-    ScrollPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering,
-    WriteOrderingType,
+    ListCollectionsRequest, Modifier, NamedVectors, PointId as QPointId, PointStruct,
+    PointsIdsList, PrefetchQueryBuilder, Query as QQuery, QueryPointsBuilder, RrfBuilder,
+    ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Vector as QVector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+    WriteOrdering, WriteOrderingType,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::{
-    model_slug, with_retry, Catalog, Filter, Hit, IndexInfo, Payload, Point, PointId, StoreError,
-    StoredPoint, VectorStore, INDEXED_FIELDS,
+    collection_slug, with_retry, Catalog, Filter, Hit, IndexInfo, Payload, Point, PointId, Query,
+    QueryMode, SparseKind, StoreError, StoredPoint, VectorStore, DENSE_VECTOR, INDEXED_FIELDS,
+    SPARSE_VECTOR,
 };
 use crate::config::{QdrantConfig, WriteOrderingConfig};
 
@@ -221,7 +226,7 @@ impl QdrantCatalog {
     async fn describe(
         &self,
         name: &str,
-    ) -> Result<(Option<serde_json::Value>, Option<(u64, i32)>), StoreError> {
+    ) -> Result<(Option<serde_json::Value>, VectorLayout), StoreError> {
         let response = rpc(
             "collection info",
             &self.collections,
@@ -236,15 +241,33 @@ impl QdrantCatalog {
             .as_ref()
             .and_then(|c| c.metadata.get(MARKER).cloned())
             .map(|v| v.into_json());
-        let vectors = config
-            .and_then(|c| c.params)
-            .and_then(|p| p.vectors_config)
-            .and_then(|v| v.config)
-            .and_then(|kind| match kind {
-                VectorsConfigKind::Params(params) => Some((params.size, params.distance)),
-                VectorsConfigKind::ParamsMap(_) => None,
-            });
-        Ok((marker, vectors))
+        let params = config.and_then(|c| c.params);
+        let bm25 = params
+            .as_ref()
+            .and_then(|p| p.sparse_vectors_config.as_ref())
+            .and_then(|s| s.map.get(SPARSE_VECTOR))
+            .map(|s| s.modifier == Some(Modifier::Idf as i32));
+        let layout = match params.and_then(|p| p.vectors_config).and_then(|v| v.config) {
+            Some(VectorsConfigKind::Params(params)) => VectorLayout {
+                dense: Some((params.size, params.distance)),
+                named: false,
+                bm25,
+            },
+            Some(VectorsConfigKind::ParamsMap(map)) => VectorLayout {
+                dense: map
+                    .map
+                    .get(DENSE_VECTOR)
+                    .map(|params| (params.size, params.distance)),
+                named: true,
+                bm25,
+            },
+            None => VectorLayout {
+                dense: None,
+                named: false,
+                bm25,
+            },
+        };
+        Ok((marker, layout))
     }
 
     /// The model a collection holds, when freshet made it for this alias.
@@ -257,20 +280,39 @@ impl QdrantCatalog {
             collection: name.to_string(),
             model_id: marker["model_id"].as_str()?.to_string(),
             dim: marker["dim"].as_u64()? as usize,
+            sparse: serde_json::from_value(marker["sparse"].clone()).unwrap_or(None),
         })
     }
 
     /// Refuses a collection that freshet did not make for this alias, or whose vectors
     /// are not the model's.
     async fn check_owned(&self, info: &IndexInfo) -> Result<(), StoreError> {
-        let (marker, vectors) = self.describe(&info.collection).await?;
+        let (marker, layout) = self.describe(&info.collection).await?;
         if self.owned_info(&info.collection, marker.as_ref()).is_none() {
             return Err(StoreError::NotOurs {
                 name: format!("Qdrant collection `{}`", info.collection),
             });
         }
+        let keywords = info.sparse == Some(SparseKind::Bm25);
+        if layout.named != keywords || (layout.bm25 == Some(true)) != keywords {
+            let describe = |named: bool, bm25: Option<bool>| match (named, bm25) {
+                (false, None) => "one unnamed dense vector".to_string(),
+                (true, Some(true)) => {
+                    format!("named vectors `{DENSE_VECTOR}` and `{SPARSE_VECTOR}` (BM25 with the IDF modifier)")
+                }
+                (true, _) => {
+                    "named vectors without a BM25 sparse vector with the IDF modifier".into()
+                }
+                (false, Some(_)) => "an unnamed dense vector and a sparse vector".into(),
+            };
+            return Err(StoreError::Mismatch {
+                collection: format!("Qdrant collection `{}`", info.collection),
+                existing: describe(layout.named, layout.bm25),
+                wanted: describe(keywords, keywords.then_some(true)),
+            });
+        }
         let cosine = Distance::Cosine as i32;
-        match vectors {
+        match layout.dense {
             Some((size, distance)) if size as usize == info.dim && distance == cosine => Ok(()),
             Some((size, distance)) => Err(StoreError::Mismatch {
                 collection: format!("Qdrant collection `{}`", info.collection),
@@ -294,6 +336,7 @@ impl QdrantCatalog {
             points: self.points.clone(),
             collection: info.collection.clone(),
             dim: info.dim,
+            keywords: info.sparse == Some(SparseKind::Bm25),
             ordering: match self.settings.write_ordering {
                 WriteOrderingConfig::Weak => WriteOrderingType::Weak,
                 WriteOrderingConfig::Medium => WriteOrderingType::Medium,
@@ -313,13 +356,27 @@ impl QdrantCatalog {
                 "alias": self.alias(),
                 "model_id": info.model_id,
                 "dim": info.dim,
+                "sparse": info.sparse,
                 "created_by": format!("freshet {}", env!("CARGO_PKG_VERSION")),
             }),
         )]);
-        let request = CreateCollectionBuilder::new(info.collection.clone())
-            .vectors_config(
-                VectorParamsBuilder::new(info.dim as u64, Distance::Cosine).on_disk(s.on_disk),
-            )
+        let dense = VectorParamsBuilder::new(info.dim as u64, Distance::Cosine).on_disk(s.on_disk);
+        let mut request = CreateCollectionBuilder::new(info.collection.clone());
+        if info.sparse == Some(SparseKind::Bm25) {
+            let mut vectors = VectorsConfigBuilder::default();
+            vectors.add_named_vector_params(DENSE_VECTOR, dense);
+            let mut sparse = SparseVectorsConfigBuilder::default();
+            sparse.add_named_vector_params(
+                SPARSE_VECTOR,
+                SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+            );
+            request = request
+                .vectors_config(vectors)
+                .sparse_vectors_config(sparse);
+        } else {
+            request = request.vectors_config(dense);
+        }
+        let request = request
             .shard_number(s.shard_number)
             .replication_factor(s.replication_factor)
             .write_consistency_factor(s.write_consistency_factor)
@@ -388,8 +445,16 @@ impl Catalog for QdrantCatalog {
         format!("alias `{}` on {}", self.alias(), self.target)
     }
 
-    fn collection_name(&self, model_id: &str, dim: usize) -> String {
-        format!("{}__{}", self.alias(), model_slug(model_id, dim))
+    fn sparse_kind(&self) -> SparseKind {
+        SparseKind::Bm25
+    }
+
+    fn collection_name(&self, model_id: &str, dim: usize, sparse: Option<SparseKind>) -> String {
+        format!(
+            "{}__{}",
+            self.alias(),
+            collection_slug(model_id, dim, sparse)
+        )
     }
 
     async fn published(&self) -> Result<Option<IndexInfo>, StoreError> {
@@ -545,12 +610,25 @@ fn at_least(version: &str, wanted: (u64, u64)) -> bool {
     }
 }
 
+/// A collection's vectors as the server describes them.
+#[derive(Debug)]
+struct VectorLayout {
+    /// The dense vector's size and distance (the unnamed one, or [`DENSE_VECTOR`]).
+    dense: Option<(u64, i32)>,
+    /// Whether vectors are named.
+    named: bool,
+    /// Whether there is a [`SPARSE_VECTOR`], and whether it has the IDF modifier.
+    bm25: Option<bool>,
+}
+
 /// One physical collection.
 #[derive(Clone)]
 pub struct QdrantStore {
     points: PointsClient<Service>,
     collection: String,
     dim: usize,
+    /// Named dense + BM25 vectors (else one unnamed dense vector).
+    keywords: bool,
     ordering: WriteOrderingType,
     batch_points: usize,
     max_request_bytes: usize,
@@ -656,9 +734,24 @@ impl QdrantStore {
     }
 
     async fn upsert_request(&self, points: Vec<Point>) -> Result<(), StoreError> {
+        let keywords = self.keywords;
         let structs: Vec<PointStruct> = points
             .into_iter()
-            .map(|p| PointStruct::new(p.id, p.vector, qdrant_client::Payload::from(p.payload)))
+            .map(|p| {
+                let payload = qdrant_client::Payload::from(p.payload);
+                if keywords {
+                    let sparse = p.sparse.unwrap_or_default();
+                    let vectors = NamedVectors::default()
+                        .add_vector(DENSE_VECTOR, QVector::new_dense(p.vector))
+                        .add_vector(
+                            SPARSE_VECTOR,
+                            QVector::new_sparse(sparse.indices, sparse.values),
+                        );
+                    PointStruct::new(p.id, vectors, payload)
+                } else {
+                    PointStruct::new(p.id, p.vector, payload)
+                }
+            })
             .collect();
         let request = UpsertPointsBuilder::new(self.collection.clone(), structs)
             .wait(true)
@@ -709,17 +802,41 @@ impl VectorStore for QdrantStore {
         Ok(())
     }
 
-    async fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: Option<Filter>,
-    ) -> Result<Vec<Hit>, StoreError> {
+    async fn search(&self, query: &Query) -> Result<Vec<Hit>, StoreError> {
+        if query.mode.uses_keywords() && !self.keywords {
+            return Err(StoreError::no_keyword_side(&self.name(), query.mode));
+        }
+        let dense = || QQuery::new_nearest(VectorInput::new_dense(query.dense.clone()));
+        let sparse = || {
+            let terms = query.sparse.clone().unwrap_or_default();
+            QQuery::new_nearest(VectorInput::new_sparse(terms.indices, terms.values))
+        };
+        let filter = to_filter(query.filter.clone());
         let mut builder = QueryPointsBuilder::new(self.collection.clone())
-            .query(qdrant_client::qdrant::Query::new_nearest(vector.to_vec()))
-            .limit(k as u64)
+            .limit(query.k as u64)
             .with_payload(true);
-        if let Some(filter) = to_filter(filter) {
+        builder = match query.mode {
+            QueryMode::Dense if self.keywords => builder.query(dense()).using(DENSE_VECTOR),
+            QueryMode::Dense => builder.query(dense()),
+            QueryMode::Sparse => builder.query(sparse()).using(SPARSE_VECTOR),
+            QueryMode::Hybrid => {
+                let prefetch = |q: QQuery, using: &str| {
+                    let mut p = PrefetchQueryBuilder::default()
+                        .query(q)
+                        .using(using)
+                        .limit(query.prefetch_limit() as u64);
+                    if let Some(filter) = filter.clone() {
+                        p = p.filter(filter);
+                    }
+                    p
+                };
+                builder
+                    .add_prefetch(prefetch(dense(), DENSE_VECTOR))
+                    .add_prefetch(prefetch(sparse(), SPARSE_VECTOR))
+                    .query(QQuery::new_rrf(RrfBuilder::with_k(query.rrf_k as u32)))
+            }
+        };
+        if let Some(filter) = filter {
             builder = builder.filter(filter);
         }
         let request = builder.build();
@@ -770,6 +887,7 @@ impl VectorStore for QdrantStore {
         if let Some(filter) = to_filter(filter) {
             builder = builder.filter(filter);
         }
+        let dense_name = if self.keywords { DENSE_VECTOR } else { "" };
         let request = builder.build();
         let response = rpc("scroll", &self.points, request, |mut c, r| async move {
             c.scroll(r).await
@@ -781,7 +899,7 @@ impl VectorStore for QdrantStore {
             .map(|r| {
                 let vector = r
                     .vectors
-                    .and_then(|v| v.get_vector())
+                    .and_then(|v| v.get_vector_by_name(dense_name))
                     .and_then(|v| match v {
                         VectorOutput::Dense(dense) => Some(dense.data),
                         _ => None,
@@ -815,6 +933,7 @@ mod tests {
         Point {
             id: uuid::Uuid::new_v4(),
             vector: vec![0.0; 384],
+            sparse: None,
             payload,
         }
     }
