@@ -7,7 +7,7 @@
 use serde::Serialize;
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
-use crate::config::ChunkingConfig;
+use crate::config::{ChunkContext, ChunkingConfig};
 use crate::embed::Tokens;
 use crate::extract::{Extracted, MediaType};
 
@@ -60,8 +60,13 @@ impl Chunker {
     /// A short, stable description of everything that decides chunk boundaries.
     pub fn fingerprint(&self) -> String {
         format!(
-            "chunker=v{CHUNKER_VERSION};max_tokens={};overlap={};context=heading",
-            self.settings.max_tokens, self.settings.overlap_tokens
+            "chunker=v{CHUNKER_VERSION};max_tokens={};overlap={};context={}",
+            self.settings.max_tokens,
+            self.settings.overlap_tokens,
+            match self.settings.context {
+                ChunkContext::Heading => "heading",
+                ChunkContext::None => "none",
+            }
         )
     }
 
@@ -89,7 +94,12 @@ impl Chunker {
                     .page_at(end.saturating_sub(1))
                     .filter(|p| Some(*p) != page);
                 let heading_path = doc.heading_path_at(start).to_vec();
-                let embed_text = contextual_text(&heading_path, doc.title.as_deref(), text);
+                let embed_text = match self.settings.context {
+                    ChunkContext::Heading => {
+                        contextual_text(&heading_path, doc.title.as_deref(), text)
+                    }
+                    ChunkContext::None => text.to_string(),
+                };
                 let hash = blake3::hash(embed_text.as_bytes()).to_hex().to_string();
                 Chunk {
                     index: index as u32,
@@ -175,6 +185,7 @@ mod tests {
         let settings = ChunkingConfig {
             max_tokens: 64,
             overlap_tokens: 8,
+            ..Default::default()
         };
         let chunker = Chunker::new(tokenizer(), settings);
         let text = long_markdown();
@@ -198,6 +209,7 @@ mod tests {
             ChunkingConfig {
                 max_tokens: 64,
                 overlap_tokens: 0,
+                ..Default::default()
             },
         );
         let text = long_markdown();
@@ -217,6 +229,7 @@ mod tests {
             ChunkingConfig {
                 max_tokens: 16,
                 overlap_tokens: 0,
+                ..Default::default()
             },
         );
         let page1 = "alpha ".repeat(30);

@@ -512,6 +512,9 @@ async fn query(
     if let Some(endpoint) = running_endpoint(&config.data_dir) {
         match remote_search(&endpoint, request).await {
             Ok(hits) => return Ok(hits),
+            Err(err @ freshet::Error::Store(freshet::store::StoreError::Rejected(_))) => {
+                return Err(err.into())
+            }
             // A watcher that was killed leaves its endpoint file behind.
             Err(err) => tracing::info!(error = %err, "no watcher answered; opening the index"),
         }

@@ -282,6 +282,17 @@ pub async fn remote_search(endpoint: &Endpoint, request: &SearchRequest) -> Resu
         .await
         .map_err(|e| failed(e.to_string()))?
         .to_bytes();
+    if status == hyper::StatusCode::BAD_REQUEST {
+        // The watcher understood and refused the query (a keyword query on a dense-only
+        // index): asking the index directly would be refused the same way.
+        let reason = String::from_utf8_lossy(&bytes);
+        let reason = reason
+            .strip_prefix("the vector store refused the request: ")
+            .unwrap_or(&reason);
+        return Err(Error::Store(crate::store::StoreError::Rejected(
+            reason.to_string(),
+        )));
+    }
     if !status.is_success() {
         return Err(failed(format!(
             "{status}: {}",

@@ -69,6 +69,30 @@ fn watch_serves_fresh_queries_and_metrics_and_stops_cleanly_mid_burst() {
     // Queries work while the watcher holds the store, and see what it indexed.
     let hits = query_json(cwd, "refund for a returned item");
     assert!(!hits["hits"].as_array().unwrap().is_empty(), "{hits}");
+    // The endpoint takes the query mode and payload filters too (the embedded store is
+    // the watcher's, so this query can only have gone through it).
+    let output = run(
+        cwd,
+        &[
+            "query",
+            "refund",
+            "--mode",
+            "sparse",
+            "--filter",
+            "doc_key=returns-policy.txt",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let hits: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let hits = hits["hits"].as_array().unwrap();
+    assert!(
+        !hits.is_empty()
+            && hits
+                .iter()
+                .all(|h| h["payload"]["doc_key"] == "returns-policy.txt"),
+        "{hits:?}"
+    );
 
     // A new file becomes searchable without any sync.
     std::fs::write(
@@ -85,6 +109,16 @@ fn watch_serves_fresh_queries_and_metrics_and_stops_cleanly_mid_burst() {
         },
     );
 
+    // The round records its metrics after its commit, and a query can see the new file
+    // a moment before that.
+    wait_until(
+        "the round's change-to-indexed time in /metrics",
+        Duration::from_secs(30),
+        || {
+            http_get(port, "/metrics")
+                .is_some_and(|(_, m)| m.contains("freshet_change_to_indexed_seconds_bucket"))
+        },
+    );
     let (code, metrics) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     for name in [

@@ -142,7 +142,7 @@ impl Query {
             text: String::new(),
             k,
             candidates: k,
-            rrf_k: 60,
+            rrf_k: 2,
             filter,
         }
     }
