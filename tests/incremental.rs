@@ -254,7 +254,7 @@ async fn model_switch(kind: StoreKind) {
         "old collection kept"
     );
     if kind == StoreKind::Embedded {
-        assert_eq!(new.collection, "minilm-retrained-384");
+        assert_eq!(new.collection, "minilm-retrained-384-bm25");
         assert!(!ws.data().join("collections").join(&old.collection).exists());
     }
     assert!(index.verify().await.unwrap().is_clean());
