@@ -145,8 +145,8 @@ async fn search(
         .await
     {
         Ok(hits) => Json(hits).into_response(),
-        Err(err @ crate::Error::Store(crate::store::StoreError::Rejected(_))) => {
-            (StatusCode::BAD_REQUEST, err.to_string()).into_response()
+        Err(crate::Error::Store(crate::store::StoreError::Rejected(reason))) => {
+            (StatusCode::BAD_REQUEST, reason).into_response()
         }
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     }
@@ -285,12 +285,8 @@ pub async fn remote_search(endpoint: &Endpoint, request: &SearchRequest) -> Resu
     if status == hyper::StatusCode::BAD_REQUEST {
         // The watcher understood and refused the query (a keyword query on a dense-only
         // index): asking the index directly would be refused the same way.
-        let reason = String::from_utf8_lossy(&bytes);
-        let reason = reason
-            .strip_prefix("the vector store refused the request: ")
-            .unwrap_or(&reason);
         return Err(Error::Store(crate::store::StoreError::Rejected(
-            reason.to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
         )));
     }
     if !status.is_success() {

@@ -9,23 +9,11 @@ use std::process::{Command, Output};
 use common::Workspace;
 
 fn freshet(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_freshet"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("FRESHET_CONFIG")
-        .env_remove("FRESHET_DATA_DIR")
-        .output()
-        .expect("run freshet")
+    common::freshet_cli(cwd, args)
 }
 
 fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not JSON ({err}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+    common::stdout_json(output)
 }
 
 #[test]

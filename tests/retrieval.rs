@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{repo_root, str_field, StoreKind, Workspace};
 use freshet::eval::{evaluate, load_beir, DocIds, Ranking};
@@ -122,13 +122,7 @@ async fn a_dense_only_index_moves_to_hybrid_as_a_new_collection() {
 }
 
 fn freshet(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_freshet"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("FRESHET_CONFIG")
-        .env_remove("FRESHET_DATA_DIR")
-        .output()
-        .expect("run freshet")
+    common::freshet_cli(cwd, args)
 }
 
 fn ok_json(output: &Output) -> serde_json::Value {
@@ -138,12 +132,7 @@ fn ok_json(output: &Output) -> serde_json::Value {
         "stderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not JSON ({err}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    common::stdout_json(output)
 }
 
 #[test]

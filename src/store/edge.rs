@@ -161,12 +161,8 @@ impl EdgeStore {
         if store.keywords != keywords {
             return Err(StoreError::Mismatch {
                 collection: store.path.display().to_string(),
-                existing: store.layout(),
-                wanted: if keywords {
-                    "dense and BM25 vectors".into()
-                } else {
-                    "dense vectors only".into()
-                },
+                existing: layout(store.keywords),
+                wanted: layout(keywords),
             });
         }
         store.ensure_collection(dim).await?;
@@ -199,14 +195,6 @@ impl EdgeStore {
         }
     }
 
-    fn layout(&self) -> String {
-        if self.keywords {
-            "dense and BM25 vectors".into()
-        } else {
-            "dense vectors only".into()
-        }
-    }
-
     /// The dense vector's name in this collection.
     fn dense_name(&self) -> &'static str {
         if self.keywords {
@@ -234,6 +222,15 @@ impl EdgeStore {
             Ok(())
         })
         .await?
+    }
+}
+
+/// How a collection's vectors are described in a mismatch.
+fn layout(keywords: bool) -> String {
+    if keywords {
+        "dense and BM25 vectors".into()
+    } else {
+        "dense vectors only".into()
     }
 }
 

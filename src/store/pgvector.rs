@@ -796,13 +796,7 @@ impl PgvectorStore {
     ) -> Result<Vec<Hit>, StoreError> {
         let candidates = query.prefetch_limit();
         let mut tx = self.pool.begin().await.map_err(sql_error)?;
-        sqlx::query(&format!(
-            "SET LOCAL hnsw.ef_search = {}",
-            self.ef_search.max(candidates).min(MAX_EF_SEARCH)
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_error)?;
+        self.set_ef_search(&mut tx, candidates).await?;
         let mut sql = QueryBuilder::<Postgres>::new(
             "WITH dense AS (SELECT id, row_number() OVER (ORDER BY distance) AS rank FROM (SELECT id, embedding <=> ",
         );
@@ -851,13 +845,7 @@ impl PgvectorStore {
             query.push_bind(vector.clone());
             query.push("))::real AS score FROM candidates ORDER BY embedding <=> ");
         } else {
-            sqlx::query(&format!(
-                "SET LOCAL hnsw.ef_search = {}",
-                self.ef_search.max(k).min(MAX_EF_SEARCH)
-            ))
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_error)?;
+            self.set_ef_search(&mut tx, k).await?;
             query.push("SELECT id, payload, (1 - (embedding <=> ");
             query.push_bind(vector.clone());
             query.push("))::real AS score FROM ");
@@ -871,17 +859,23 @@ impl PgvectorStore {
         query.push_bind(k as i64);
         let rows = query.build().fetch_all(&mut *tx).await.map_err(sql_error)?;
         tx.commit().await.map_err(sql_error)?;
-        rows.into_iter()
-            .map(|row| {
-                let payload: sqlx::types::Json<Payload> =
-                    row.try_get("payload").map_err(sql_error)?;
-                Ok(Hit {
-                    id: row.try_get("id").map_err(sql_error)?,
-                    score: row.try_get("score").map_err(sql_error)?,
-                    payload: payload.0,
-                })
-            })
-            .collect()
+        hits_of(rows)
+    }
+
+    /// Lets this transaction's HNSW scans return at least `rows` rows (pgvector caps it).
+    async fn set_ef_search(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        rows: usize,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "SET LOCAL hnsw.ef_search = {}",
+            self.ef_search.max(rows).min(MAX_EF_SEARCH)
+        ))
+        .execute(tx)
+        .await
+        .map_err(sql_error)?;
+        Ok(())
     }
 }
 

@@ -348,3 +348,26 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb)
 }
+
+/// The real `freshet` binary run in `cwd`, with no config or data directory from the
+/// environment.
+pub fn freshet_cli(cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .current_dir(cwd)
+        .args(args)
+        .env_remove("FRESHET_CONFIG")
+        .env_remove("FRESHET_DATA_DIR")
+        .output()
+        .expect("run freshet")
+}
+
+/// A command's stdout as JSON (the panic shows stdout and stderr when it is not).
+pub fn stdout_json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not JSON ({err}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
