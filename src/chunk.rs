@@ -163,6 +163,7 @@ mod tests {
             sections: crate::extract::markdown_sections(text),
             title: None,
             decode_warning: None,
+            metadata: Default::default(),
         }
     }
 

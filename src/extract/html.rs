@@ -8,7 +8,9 @@ use ego_tree::iter::Edge;
 use encoding_rs::Encoding;
 use scraper::{Html, Node};
 
-use super::text::{decode_undeclared, decode_with, normalize, Decoded};
+use super::text::{
+    decode_by_bom, decode_declared, decode_undeclared, decode_with, normalize, xml_declared_label, Decoded,
+};
 use super::{markdown_sections, ExtractError, Extracted};
 
 /// How many bytes the spec lets a `<meta charset>` hide behind.
@@ -147,6 +149,7 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         sections,
         title,
         decode_warning: decoded.warning,
+        metadata: Default::default(),
     })
 }
 
@@ -215,12 +218,16 @@ impl Renderer {
     }
 }
 
-/// The charset, by the HTML rules that matter in practice: BOM, then a `<meta charset>` or
-/// `http-equiv` declaration in the first 1024 bytes, then UTF-8 if valid, then windows-1252
-/// (the web's legacy default), flagged.
+/// The charset, by the HTML rules that matter in practice: BOM, then an XML declaration
+/// (XHTML), then a `<meta charset>` or `http-equiv` declaration in the first 1024 bytes,
+/// then the undeclared rules (UTF-16/32 by byte pattern, UTF-8 if valid, else chardetng's
+/// guess, flagged).
 fn decode_html(bytes: &[u8]) -> Result<Decoded, ExtractError> {
-    if let Some((encoding, bom_len)) = Encoding::for_bom(bytes) {
-        return Ok(decode_with(encoding, &bytes[bom_len..]));
+    if let Some(decoded) = decode_by_bom(bytes) {
+        return Ok(decoded);
+    }
+    if let Some(decoded) = xml_declared_label(bytes).and_then(|label| decode_declared(label, bytes)) {
+        return Ok(decoded);
     }
     if let Some(encoding) = declared_charset(&bytes[..bytes.len().min(CHARSET_PRESCAN_BYTES)]) {
         // A page cannot really be UTF-16 once we got here without a BOM; the spec says so too.
@@ -230,11 +237,6 @@ fn decode_html(bytes: &[u8]) -> Result<Decoded, ExtractError> {
             encoding
         };
         return Ok(decode_with(encoding, bytes));
-    }
-    if bytes[..bytes.len().min(8192)].contains(&0) {
-        return Err(ExtractError::Invalid(
-            "binary content (NUL bytes) in a file named as HTML; exclude it or give it its real extension".into(),
-        ));
     }
     decode_undeclared(bytes)
 }

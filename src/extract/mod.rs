@@ -4,17 +4,27 @@
 //! the same input always yields the same text, and every offset it reports points at a
 //! `char` boundary of that text.
 
+mod archive;
+mod docx;
+mod email;
+mod epub;
 mod html;
+mod markdown;
+mod odf;
 mod pdf;
+mod pptx;
+mod sheet;
 mod text;
+mod xml;
 
 use serde::Serialize;
 
 pub use text::{decode_text, normalize, Decoded};
 
 /// Bumped whenever extraction output can change for the same bytes; part of the pipeline
-/// fingerprint, so a bump re-indexes affected documents.
-pub const EXTRACTOR_VERSION: u32 = 1;
+/// fingerprint, so a bump re-indexes affected documents. 2: legacy encodings detected by
+/// chardetng, UTF-16/32 without BOM, Office/OpenDocument/EPUB/email formats, PDF repair.
+pub const EXTRACTOR_VERSION: u32 = 2;
 
 /// The closed set of formats freshet reads. Anything else is skipped with a reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +35,15 @@ pub enum MediaType {
     Code,
     Html,
     Pdf,
+    Docx,
+    Odt,
+    Pptx,
+    Odp,
+    Xlsx,
+    Xls,
+    Ods,
+    Epub,
+    Email,
 }
 
 impl MediaType {
@@ -36,8 +55,37 @@ impl MediaType {
             "html" => MediaType::Html,
             "code" => MediaType::Code,
             "pdf" => MediaType::Pdf,
+            "docx" => MediaType::Docx,
+            "odt" => MediaType::Odt,
+            "pptx" => MediaType::Pptx,
+            "odp" => MediaType::Odp,
+            "xlsx" => MediaType::Xlsx,
+            "xls" => MediaType::Xls,
+            "ods" => MediaType::Ods,
+            "epub" => MediaType::Epub,
+            "email" => MediaType::Email,
             _ => return None,
         })
+    }
+
+    /// The name [`MediaType::from_name`] reads, as stored in the ledger and the payload.
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaType::Markdown => "markdown",
+            MediaType::PlainText => "text",
+            MediaType::Code => "code",
+            MediaType::Html => "html",
+            MediaType::Pdf => "pdf",
+            MediaType::Docx => "docx",
+            MediaType::Odt => "odt",
+            MediaType::Pptx => "pptx",
+            MediaType::Odp => "odp",
+            MediaType::Xlsx => "xlsx",
+            MediaType::Xls => "xls",
+            MediaType::Ods => "ods",
+            MediaType::Epub => "epub",
+            MediaType::Email => "email",
+        }
     }
 
     /// Decides by file name alone, so unknown files are skipped without being read.
@@ -61,6 +109,15 @@ impl MediaType {
             }
             "html" | "htm" | "xhtml" => MediaType::Html,
             "pdf" => MediaType::Pdf,
+            "docx" | "docm" => MediaType::Docx,
+            "odt" => MediaType::Odt,
+            "pptx" | "pptm" => MediaType::Pptx,
+            "odp" => MediaType::Odp,
+            "xlsx" | "xlsm" => MediaType::Xlsx,
+            "xls" => MediaType::Xls,
+            "ods" => MediaType::Ods,
+            "epub" => MediaType::Epub,
+            "eml" => MediaType::Email,
             "rs" | "py" | "pyi" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "java"
             | "kt" | "kts" | "scala" | "c" | "h" | "cc" | "cpp" | "cxx" | "hpp" | "hh" | "cs"
             | "rb" | "php" | "swift" | "m" | "mm" | "sh" | "bash" | "zsh" | "fish" | "ps1"
@@ -75,8 +132,8 @@ impl MediaType {
 
     /// Whether the chunker should split along Markdown structure.
     pub fn is_markdown_like(self) -> bool {
-        // HTML is rendered to Markdown-style headings during extraction.
-        matches!(self, MediaType::Markdown | MediaType::Html)
+        // HTML and the structured formats are rendered to Markdown during extraction.
+        !matches!(self, MediaType::PlainText | MediaType::Code | MediaType::Pdf)
     }
 }
 
@@ -89,8 +146,12 @@ pub struct Extracted {
     /// `(byte offset, heading path)` where each section begins, ascending.
     pub sections: Vec<(usize, Vec<String>)>,
     pub title: Option<String>,
-    /// Set when bytes had to be decoded by guessing or with replacement characters.
+    /// Set when bytes had to be decoded by guessing or with replacement characters, or
+    /// when part of the document (a page, a chapter, an attachment) could not be read.
     pub decode_warning: Option<String>,
+    /// Fields the format itself carries into the payload (an email's subject, from, to,
+    /// date).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Extracted {
@@ -133,6 +194,15 @@ pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError
     let extracted = match media {
         MediaType::Pdf => pdf::extract(bytes)?,
         MediaType::Html => html::extract(bytes)?,
+        MediaType::Docx => docx::extract(bytes)?,
+        MediaType::Odt => odf::extract(bytes, odf::Kind::Text)?,
+        MediaType::Pptx => pptx::extract(bytes)?,
+        MediaType::Odp => odf::extract(bytes, odf::Kind::Presentation)?,
+        MediaType::Xlsx => sheet::extract_xlsx(bytes)?,
+        MediaType::Xls => sheet::extract_xls(bytes)?,
+        MediaType::Ods => odf::extract(bytes, odf::Kind::Spreadsheet)?,
+        MediaType::Epub => epub::extract(bytes)?,
+        MediaType::Email => email::extract(bytes)?,
         MediaType::Markdown | MediaType::PlainText | MediaType::Code => {
             let decoded = decode_text(bytes)?;
             let text = normalize(&decoded.text, media != MediaType::Code);
@@ -151,6 +221,7 @@ pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError
                 sections,
                 title,
                 decode_warning: decoded.warning,
+                metadata: Default::default(),
             }
         }
     };
@@ -246,6 +317,7 @@ mod tests {
             sections,
             title: None,
             decode_warning: None,
+            metadata: Default::default(),
         };
         assert_eq!(
             extracted.heading_path_at(text.find("y").unwrap()),

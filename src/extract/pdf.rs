@@ -84,6 +84,7 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         sections: Vec::new(),
         title,
         decode_warning,
+        metadata: Default::default(),
     })
 }
 

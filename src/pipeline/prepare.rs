@@ -167,6 +167,12 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
                     Some(media),
                 );
             }
+            // Fields the format carries (an email's subject) join the source's; the
+            // source's win a clash.
+            let mut metadata = doc.metadata;
+            for (field, value) in extracted.metadata {
+                metadata.entry(field).or_insert(value);
+            }
             Work::Index(PreparedDoc {
                 key: doc.key,
                 version: doc.version,
@@ -176,7 +182,7 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
                 decode_warning: extracted.decode_warning,
                 chunks,
                 prior,
-                metadata: doc.metadata,
+                metadata,
             })
         }
         Ok(Err(ExtractError::Skip(reason))) => {
@@ -205,11 +211,5 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
 }
 
 pub(super) fn media_name(media: MediaType) -> &'static str {
-    match media {
-        MediaType::Markdown => "markdown",
-        MediaType::PlainText => "text",
-        MediaType::Code => "code",
-        MediaType::Html => "html",
-        MediaType::Pdf => "pdf",
-    }
+    media.name()
 }

@@ -1,0 +1,184 @@
+//! Bounded reading of the ZIP containers of Office, OpenDocument and EPUB files.
+//!
+//! Invariant: no member is inflated past [`MAX_MEMBER_BYTES`] and no document past
+//! [`MAX_TOTAL_BYTES`], whatever sizes its directory claims, so a zip bomb fails its own
+//! document with a reason and never exhausts memory.
+
+use std::io::{Cursor, Read};
+
+use zip::ZipArchive;
+
+use super::ExtractError;
+
+/// The most one member may inflate to (an XML part of a very large document is tens of MB).
+pub(super) const MAX_MEMBER_BYTES: u64 = 64 << 20;
+/// The most all members read from one document may inflate to together.
+pub(super) const MAX_TOTAL_BYTES: u64 = 256 << 20;
+/// More members than any real document has; a directory claiming more is hostile.
+const MAX_MEMBERS: usize = 20_000;
+
+pub(super) struct Archive<'a> {
+    zip: ZipArchive<Cursor<&'a [u8]>>,
+    kind: &'static str,
+    inflated: u64,
+}
+
+impl<'a> Archive<'a> {
+    /// Opens a container; `kind` names the format in errors ("DOCX").
+    pub fn open(bytes: &'a [u8], kind: &'static str) -> Result<Self, ExtractError> {
+        let zip = ZipArchive::new(Cursor::new(bytes)).map_err(|err| {
+            ExtractError::Invalid(format!(
+                "not a readable {kind} (its ZIP container is damaged: {err}); re-save it or exclude it"
+            ))
+        })?;
+        if zip.len() > MAX_MEMBERS {
+            return Err(ExtractError::Invalid(format!(
+                "{kind} container has {} members (more than {MAX_MEMBERS}); refusing it as a likely zip bomb",
+                zip.len()
+            )));
+        }
+        Ok(Archive {
+            zip,
+            kind,
+            inflated: 0,
+        })
+    }
+
+    /// A member's bytes, `None` when it is absent; too large a member is an error.
+    pub fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, ExtractError> {
+        let kind = self.kind;
+        let mut member = match self.zip.by_name(name) {
+            Ok(member) => member,
+            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+            Err(err) => {
+                return Err(ExtractError::Invalid(format!(
+                    "{kind} member {name} cannot be read ({err}); re-save it or exclude it"
+                )))
+            }
+        };
+        let budget = MAX_MEMBER_BYTES.min(MAX_TOTAL_BYTES - self.inflated);
+        if member.size() > budget {
+            return Err(too_large(kind, name, member.size()));
+        }
+        // The directory's size may lie: read at most one byte past the budget.
+        let mut out = Vec::with_capacity(member.size().min(1 << 20) as usize);
+        (&mut member)
+            .take(budget + 1)
+            .read_to_end(&mut out)
+            .map_err(|err| {
+                ExtractError::Invalid(format!(
+                    "{kind} member {name} is corrupt ({err}); re-save it or exclude it"
+                ))
+            })?;
+        if out.len() as u64 > budget {
+            return Err(too_large(kind, name, out.len() as u64));
+        }
+        self.inflated += out.len() as u64;
+        Ok(Some(out))
+    }
+
+    /// A member that must be there.
+    pub fn require(&mut self, name: &str) -> Result<Vec<u8>, ExtractError> {
+        let kind = self.kind;
+        self.read(name)?.ok_or_else(|| {
+            ExtractError::Invalid(format!(
+                "not a valid {kind}: it has no {name}; re-save it or exclude it"
+            ))
+        })
+    }
+
+    /// Inflates every member into nothing, within the limits: run before handing the
+    /// container to a reader (calamine) that does not bound what it inflates.
+    pub fn check_all(&mut self) -> Result<(), ExtractError> {
+        for index in 0..self.zip.len() {
+            let kind = self.kind;
+            let mut member = self.zip.by_index(index).map_err(|err| {
+                ExtractError::Invalid(format!(
+                    "{kind} container is damaged ({err}); re-save it or exclude it"
+                ))
+            })?;
+            let name = member.name().map(|n| n.into_owned()).unwrap_or_default();
+            let budget = MAX_MEMBER_BYTES.min(MAX_TOTAL_BYTES - self.inflated);
+            let read = std::io::copy(&mut (&mut member).take(budget + 1), &mut std::io::sink())
+                .map_err(|err| {
+                    ExtractError::Invalid(format!(
+                        "{kind} member {name} is corrupt ({err}); re-save it or exclude it"
+                    ))
+                })?;
+            if read > budget {
+                return Err(too_large(kind, &name, read));
+            }
+            self.inflated += read;
+        }
+        Ok(())
+    }
+}
+
+fn too_large(kind: &str, name: &str, size: u64) -> ExtractError {
+    ExtractError::Invalid(format!(
+        "{kind} member {name} inflates to {} MiB or more (limits: {} MiB a member, {} MiB a document); refusing it as a likely zip bomb",
+        size >> 20,
+        MAX_MEMBER_BYTES >> 20,
+        MAX_TOTAL_BYTES >> 20
+    ))
+}
+
+/// A path inside the container, resolved against the directory of the part that names it
+/// (`word/` + `../media/x.png`).
+pub(super) fn resolve(base_dir: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        base_dir.split('/').filter(|p| !p.is_empty()).collect()
+    };
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zip_with(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        let mut writer = zip::ZipWriter::new(&mut out);
+        for (name, data) in members {
+            writer
+                .start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(data).unwrap();
+        }
+        writer.finish().unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn paths_resolve_against_the_naming_part() {
+        assert_eq!(resolve("ppt", "slides/slide1.xml"), "ppt/slides/slide1.xml");
+        assert_eq!(resolve("OEBPS/text", "../images/a.png"), "OEBPS/images/a.png");
+        assert_eq!(resolve("word", "/customXml/item1.xml"), "customXml/item1.xml");
+    }
+
+    #[test]
+    fn a_member_past_the_limit_is_refused_without_inflating_it_all() {
+        let big = vec![b'a'; (MAX_MEMBER_BYTES + 10) as usize];
+        let bytes = zip_with(&[("small.xml", b"<a/>"), ("big.xml", &big)]);
+        assert!(bytes.len() < 1 << 20, "compresses well: {}", bytes.len());
+        let mut archive = Archive::open(&bytes, "DOCX").unwrap();
+        assert_eq!(archive.read("small.xml").unwrap().unwrap(), b"<a/>");
+        assert_eq!(archive.read("absent.xml").unwrap(), None);
+        let err = archive.read("big.xml").unwrap_err();
+        assert!(err.to_string().contains("zip bomb"), "{err}");
+        let err = Archive::open(&bytes, "XLSX").unwrap().check_all().unwrap_err();
+        assert!(err.to_string().contains("big.xml"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! EPUB -> Markdown: the chapters of the spine in reading order, each rendered by the HTML
+//! reader, so that chapter titles (their `<h1>`...) become the heading path.
+//!
+//! Invariant: only the spine's XHTML is read, in the package's order; a chapter that
+//! cannot be read is named in the warning and the rest of the book is still indexed.
+
+use std::collections::HashMap;
+
+use super::archive::{resolve, Archive};
+use super::markdown::MarkdownWriter;
+use super::xml::{events, XmlEvent};
+use super::{ExtractError, Extracted};
+
+pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
+    let mut archive = Archive::open(bytes, "EPUB")?;
+    let container = archive.require("META-INF/container.xml")?;
+    let package_path = events(&container, "META-INF/container.xml")?
+        .into_iter()
+        .find_map(|event| match event {
+            XmlEvent::Open(el) if el.name == "rootfile" => el.attr("full-path").map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ExtractError::Invalid(
+                "not a valid EPUB: META-INF/container.xml names no package; re-save it or exclude it"
+                    .into(),
+            )
+        })?;
+    let package = archive.require(&package_path)?;
+    let base = package_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    let mut manifest: HashMap<String, (String, String)> = HashMap::new();
+    let mut spine = Vec::new();
+    let mut title = String::new();
+    let mut in_title = false;
+    for event in events(&package, &package_path)? {
+        match event {
+            XmlEvent::Open(el) if el.name == "item" => {
+                if let (Some(id), Some(href)) = (el.attr("id"), el.attr("href")) {
+                    let media = el.attr("media-type").unwrap_or_default().to_string();
+                    manifest.insert(id.to_string(), (percent_decode(href), media));
+                }
+            }
+            XmlEvent::Open(el) if el.name == "itemref" => {
+                if el.attr("linear") != Some("no") {
+                    if let Some(id) = el.attr("idref") {
+                        spine.push(id.to_string());
+                    }
+                }
+            }
+            XmlEvent::Open(el) if el.name == "title" && title.is_empty() => in_title = true,
+            XmlEvent::Close(name) if name == "title" => in_title = false,
+            XmlEvent::Text(text) if in_title => title.push_str(&text),
+            _ => {}
+        }
+    }
+    let mut out = MarkdownWriter::default();
+    let mut unreadable = Vec::new();
+    for id in spine {
+        let Some((href, media)) = manifest.get(&id) else {
+            unreadable.push(format!("{id} (not in the manifest)"));
+            continue;
+        };
+        if !media.contains("html") {
+            continue;
+        }
+        let path = resolve(base, href);
+        let chapter = match archive.read(&path)? {
+            Some(xhtml) => super::html::extract(&xhtml),
+            None => {
+                unreadable.push(format!("{path} (missing)"));
+                continue;
+            }
+        };
+        match chapter {
+            Ok(chapter) => out.markdown(&chapter.text),
+            Err(err) => unreadable.push(format!("{path} ({err})")),
+        }
+    }
+    let warning = (!unreadable.is_empty())
+        .then(|| format!("chapters that could not be read: {}", unreadable.join("; ")));
+    out.finish(Some(title), warning)
+}
+
+/// `%20` and friends in manifest hrefs.
+fn percent_decode(href: &str) -> String {
+    let bytes = href.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok()).ok_or(()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
