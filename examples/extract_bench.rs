@@ -44,7 +44,10 @@ fn main() -> anyhow::Result<()> {
         .context("no cache directory")?
         .join("freshet/fixtures/bench");
     if pdf_dirs.is_empty() && chardet.is_none() && charset_normalizer.is_none() {
-        pdf_dirs = vec![bench.join("pikepdf-9.11.0/tests/resources"), bench.join("pypdf-7.1.1")];
+        pdf_dirs = vec![
+            bench.join("pikepdf-9.11.0/tests/resources"),
+            bench.join("pypdf-7.1.1"),
+        ];
         chardet = Some(bench.join("chardet-5.2.0/tests"));
         charset_normalizer = Some(bench.join("charset_normalizer-3.4.2"));
     }
@@ -70,11 +73,28 @@ fn show_file(path: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path)?;
     match extract(&bytes, media) {
         Ok(doc) => {
-            println!("== {key} ({}): title {:?}, warning {:?}", media.name(), doc.title, doc.decode_warning);
-            println!("   pages {:?}", doc.page_starts.iter().map(|(_, p)| p).collect::<Vec<_>>());
-            println!("   headings {:?}", doc.sections.iter().map(|(_, p)| p.join(" > ")).collect::<Vec<_>>());
+            println!(
+                "== {key} ({}): title {:?}, warning {:?}",
+                media.name(),
+                doc.title,
+                doc.decode_warning
+            );
+            println!(
+                "   pages {:?}",
+                doc.page_starts.iter().map(|(_, p)| p).collect::<Vec<_>>()
+            );
+            println!(
+                "   headings {:?}",
+                doc.sections
+                    .iter()
+                    .map(|(_, p)| p.join(" > "))
+                    .collect::<Vec<_>>()
+            );
             if !doc.metadata.is_empty() {
-                println!("   fields {}", serde_json::Value::Object(doc.metadata.clone()));
+                println!(
+                    "   fields {}",
+                    serde_json::Value::Object(doc.metadata.clone())
+                );
             }
             let preview: String = doc.text.chars().take(1500).collect();
             println!("{preview}\n");
@@ -135,7 +155,9 @@ fn pdftotext(path: &Path) -> Option<String> {
 
 fn pdfs(dirs: &[PathBuf]) -> anyhow::Result<()> {
     if Command::new("pdftotext").arg("-v").output().is_err() {
-        bail!("pdftotext not found: apt-get install poppler-utils (the benchmark's reference only)");
+        bail!(
+            "pdftotext not found: apt-get install poppler-utils (the benchmark's reference only)"
+        );
     }
     let mut files = Vec::new();
     for dir in dirs {
@@ -145,7 +167,14 @@ fn pdfs(dirs: &[PathBuf]) -> anyhow::Result<()> {
             &mut files,
         );
     }
-    println!("PDFs: {} files under {}", files.len(), dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "PDFs: {} files under {}",
+        files.len(),
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let (mut reference_has_text, mut indexed, mut indexed_of_reference) = (0, 0, 0);
     let mut scores = Vec::new();
     let mut misses = Vec::new();
@@ -158,7 +187,11 @@ fn pdfs(dirs: &[PathBuf]) -> anyhow::Result<()> {
         let started = Instant::now();
         let ours = std::panic::catch_unwind(|| extract(&bytes, MediaType::Pdf));
         freshet_ms += started.elapsed().as_millis();
-        let name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let ours = match ours {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("panicked".to_string()),
@@ -222,7 +255,10 @@ fn chardet_labels(dir: &Path) -> anyhow::Result<Vec<Labelled>> {
         }
         let mut files = Vec::new();
         files_with(&entry.path(), &|_| true, &mut files);
-        out.extend(files.into_iter().map(|path| Labelled { path, label: label.clone() }));
+        out.extend(files.into_iter().map(|path| Labelled {
+            path,
+            label: label.clone(),
+        }));
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -297,7 +333,10 @@ json.dump(out, sys.stdout)
             Ok(decoded) => {
                 let ours = normalize(&decoded.text, true);
                 let agree = char_f1(&ours, &truth);
-                (agree >= 0.99, format!("{} (character F1 {agree:.3})", decoded.encoding))
+                (
+                    agree >= 0.99,
+                    format!("{} (character F1 {agree:.3})", decoded.encoding),
+                )
             }
             Err(err) => (false, err.to_string()),
         };
@@ -347,7 +386,10 @@ fn char_f1(a: &str, b: &str) -> f64 {
         m
     };
     let (a, b) = (count(a), count(b));
-    let common: usize = a.iter().map(|(c, n)| (*n).min(*b.get(c).unwrap_or(&0))).sum();
+    let common: usize = a
+        .iter()
+        .map(|(c, n)| (*n).min(*b.get(c).unwrap_or(&0)))
+        .sum();
     let (na, nb) = (a.values().sum::<usize>(), b.values().sum::<usize>());
     if na == 0 || nb == 0 {
         return if na == nb { 1.0 } else { 0.0 };

@@ -164,8 +164,14 @@ mod tests {
     #[test]
     fn paths_resolve_against_the_naming_part() {
         assert_eq!(resolve("ppt", "slides/slide1.xml"), "ppt/slides/slide1.xml");
-        assert_eq!(resolve("OEBPS/text", "../images/a.png"), "OEBPS/images/a.png");
-        assert_eq!(resolve("word", "/customXml/item1.xml"), "customXml/item1.xml");
+        assert_eq!(
+            resolve("OEBPS/text", "../images/a.png"),
+            "OEBPS/images/a.png"
+        );
+        assert_eq!(
+            resolve("word", "/customXml/item1.xml"),
+            "customXml/item1.xml"
+        );
     }
 
     #[test]
@@ -178,7 +184,10 @@ mod tests {
         assert_eq!(archive.read("absent.xml").unwrap(), None);
         let err = archive.read("big.xml").unwrap_err();
         assert!(err.to_string().contains("zip bomb"), "{err}");
-        let err = Archive::open(&bytes, "XLSX").unwrap().check_all().unwrap_err();
+        let err = Archive::open(&bytes, "XLSX")
+            .unwrap()
+            .check_all()
+            .unwrap_err();
         assert!(err.to_string().contains("big.xml"), "{err}");
     }
 }

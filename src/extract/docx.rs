@@ -76,7 +76,11 @@ fn heading_levels(styles: &[u8]) -> Result<HashMap<String, usize>, ExtractError>
             return Some(1);
         }
         if let Some(n) = style.name.strip_prefix("heading ") {
-            return n.trim().parse::<usize>().ok().filter(|n| (1..=9).contains(n));
+            return n
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=9).contains(n));
         }
         style.outline.map(|l| l + 1)
     };
@@ -141,10 +145,17 @@ struct Body {
 }
 
 impl Body {
-    fn visit(&mut self, event: XmlEvent, styles: &HashMap<String, usize>, out: &mut MarkdownWriter) {
+    fn visit(
+        &mut self,
+        event: XmlEvent,
+        styles: &HashMap<String, usize>,
+        out: &mut MarkdownWriter,
+    ) {
         match event {
             XmlEvent::Open(el) => match el.name.as_str() {
-                "instrText" | "delText" | "del" | "drawing" | "pict" | "object" => self.skipping += 1,
+                "instrText" | "delText" | "del" | "drawing" | "pict" | "object" => {
+                    self.skipping += 1
+                }
                 "p" => self.paragraphs.push(Paragraph::default()),
                 "pStyle" => {
                     if let (Some(p), Some(id)) = (self.paragraphs.last_mut(), el.attr("w:val")) {
@@ -225,11 +236,8 @@ impl Body {
                     match self.tables.last_mut() {
                         // A table in a table's cell: its rows become that cell's text.
                         Some(outer) => {
-                            let flat: Vec<String> = table
-                                .rows
-                                .iter()
-                                .map(|row| row.join(" "))
-                                .collect();
+                            let flat: Vec<String> =
+                                table.rows.iter().map(|row| row.join(" ")).collect();
                             if !outer.cell.is_empty() {
                                 outer.cell.push(' ');
                             }

@@ -22,7 +22,10 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
     let mut problems = Vec::new();
     write_message(&message, &mut out, &mut problems, 0);
     let subject = message.subject().map(str::to_string);
-    let mut doc = out.finish(subject.clone(), (!problems.is_empty()).then(|| problems.join("; ")))?;
+    let mut doc = out.finish(
+        subject.clone(),
+        (!problems.is_empty()).then(|| problems.join("; ")),
+    )?;
     let mut fields = serde_json::Map::new();
     if let Some(subject) = subject {
         fields.insert("subject".into(), subject.into());
@@ -77,7 +80,10 @@ fn write_message(
                 problems.push(format!("attachment {name}: forwarded too deep, not opened"));
                 continue;
             }
-            out.heading(1, &format!("Attachment: {}", inner.subject().unwrap_or(&name)));
+            out.heading(
+                1,
+                &format!("Attachment: {}", inner.subject().unwrap_or(&name)),
+            );
             write_message(inner, out, problems, depth + 1);
             continue;
         }
@@ -94,7 +100,9 @@ fn write_message(
                 }
             }
             Err(ExtractError::Skip(_)) => {}
-            Err(ExtractError::Invalid(reason)) => problems.push(format!("attachment {name}: {reason}")),
+            Err(ExtractError::Invalid(reason)) => {
+                problems.push(format!("attachment {name}: {reason}"))
+            }
         }
     }
 }

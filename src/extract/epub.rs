@@ -40,11 +40,9 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
                     manifest.insert(id.to_string(), (percent_decode(href), media));
                 }
             }
-            XmlEvent::Open(el) if el.name == "itemref" => {
-                if el.attr("linear") != Some("no") {
-                    if let Some(id) = el.attr("idref") {
-                        spine.push(id.to_string());
-                    }
+            XmlEvent::Open(el) if el.name == "itemref" && el.attr("linear") != Some("no") => {
+                if let Some(id) = el.attr("idref") {
+                    spine.push(id.to_string());
                 }
             }
             XmlEvent::Open(el) if el.name == "title" && title.is_empty() => in_title = true,
@@ -55,6 +53,7 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
     }
     let mut out = MarkdownWriter::default();
     let mut unreadable = Vec::new();
+    let mut read = std::collections::HashSet::new();
     for id in spine {
         let Some((href, media)) = manifest.get(&id) else {
             unreadable.push(format!("{id} (not in the manifest)"));
@@ -63,7 +62,12 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         if !media.contains("html") {
             continue;
         }
-        let path = resolve(base, href);
+        // Several spine entries may name parts of one file (`ch1.xhtml#part2`).
+        let file = href.split('#').next().unwrap_or(href);
+        let path = resolve(base, file);
+        if !read.insert(path.clone()) {
+            continue;
+        }
         let chapter = match archive.read(&path)? {
             Some(xhtml) => super::html::extract(&xhtml),
             None => {
@@ -88,7 +92,11 @@ fn percent_decode(href: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok()).ok_or(()) {
+            if let Ok(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or(())
+            {
                 out.push(byte);
                 i += 3;
                 continue;

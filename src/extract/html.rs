@@ -9,7 +9,8 @@ use encoding_rs::Encoding;
 use scraper::{Html, Node};
 
 use super::text::{
-    decode_by_bom, decode_declared, decode_undeclared, decode_with, normalize, xml_declared_label, Decoded,
+    decode_by_bom, decode_declared, decode_undeclared, decode_with, normalize, xml_declared_label,
+    Decoded,
 };
 use super::{markdown_sections, ExtractError, Extracted};
 
@@ -226,7 +227,8 @@ fn decode_html(bytes: &[u8]) -> Result<Decoded, ExtractError> {
     if let Some(decoded) = decode_by_bom(bytes) {
         return Ok(decoded);
     }
-    if let Some(decoded) = xml_declared_label(bytes).and_then(|label| decode_declared(label, bytes)) {
+    if let Some(decoded) = xml_declared_label(bytes).and_then(|label| decode_declared(label, bytes))
+    {
         return Ok(decoded);
     }
     if let Some(encoding) = declared_charset(&bytes[..bytes.len().min(CHARSET_PRESCAN_BYTES)]) {

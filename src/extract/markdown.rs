@@ -40,7 +40,10 @@ impl MarkdownWriter {
             .lines()
             .map(|line| {
                 let trimmed = line.trim_start();
-                if trimmed.starts_with('#') || trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+                if trimmed.starts_with('#')
+                    || trimmed.starts_with("```")
+                    || trimmed.starts_with("~~~")
+                {
                     format!("\\{trimmed}")
                 } else {
                     line.to_string()
@@ -54,7 +57,11 @@ impl MarkdownWriter {
     pub fn table(&mut self, rows: &[Vec<String>]) {
         let rows: Vec<Vec<String>> = rows
             .iter()
-            .map(|row| row.iter().map(|cell| one_line(cell).replace('|', "\\|")).collect())
+            .map(|row| {
+                row.iter()
+                    .map(|cell| one_line(cell).replace('|', "\\|"))
+                    .collect()
+            })
             .filter(|row: &Vec<String>| row.iter().any(|c| !c.is_empty()))
             .collect();
         let Some(width) = rows.iter().map(Vec::len).max() else {
@@ -99,11 +106,6 @@ impl MarkdownWriter {
         self.text.is_empty()
     }
 
-    /// The text so far, for callers that nest one document in another.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The document, titled by `title` or else its first top-level heading.
     pub fn finish(
         self,
@@ -133,7 +135,10 @@ impl MarkdownWriter {
 
 /// Text on one line, whitespace collapsed.
 pub(super) fn one_line(text: &str) -> String {
-    normalize(text, true).split_whitespace().collect::<Vec<_>>().join(" ")
+    normalize(text, true)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

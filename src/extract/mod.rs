@@ -133,7 +133,10 @@ impl MediaType {
     /// Whether the chunker should split along Markdown structure.
     pub fn is_markdown_like(self) -> bool {
         // HTML and the structured formats are rendered to Markdown during extraction.
-        !matches!(self, MediaType::PlainText | MediaType::Code | MediaType::Pdf)
+        !matches!(
+            self,
+            MediaType::PlainText | MediaType::Code | MediaType::Pdf
+        )
     }
 }
 

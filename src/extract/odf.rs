@@ -76,7 +76,10 @@ impl Inline {
     fn open(&mut self, el: &super::xml::Element) {
         match el.name.as_str() {
             "s" => {
-                let n = el.attr("text:c").and_then(|c| c.parse::<usize>().ok()).unwrap_or(1);
+                let n = el
+                    .attr("text:c")
+                    .and_then(|c| c.parse::<usize>().ok())
+                    .unwrap_or(1);
                 self.text.push_str(&" ".repeat(n.min(64)));
             }
             "tab" => self.text.push('\t'),
@@ -267,7 +270,10 @@ fn read_sheets(content: &[u8]) -> Result<Vec<(String, SparseSheet)>, ExtractErro
                 "table" => {
                     depth += 1;
                     if depth == 1 {
-                        sheets.push((el.attr("table:name").unwrap_or("Sheet").to_string(), SparseSheet::new()));
+                        sheets.push((
+                            el.attr("table:name").unwrap_or("Sheet").to_string(),
+                            SparseSheet::new(),
+                        ));
                         row = 0;
                     }
                 }

@@ -1,26 +1,30 @@
 //! PDF -> text per page with lopdf, page numbers kept for provenance.
 //!
-//! Invariant: a PDF yields text only from its own text layer; encrypted, damaged and
-//! image-only PDFs are refused with a reason instead of being indexed as noise.
+//! Invariant: a PDF yields text only from its own text layer, page by page: one bad font
+//! degrades that font's text only (its base encoding stands in for an unreadable CMap), a
+//! damaged cross-reference table is rebuilt by scanning for objects, a PDF whose user
+//! password is empty opens as every viewer opens it, and what still cannot be read (a real
+//! password, image-only pages) is refused or flagged with a reason, never indexed as noise.
+
+use std::collections::BTreeMap;
+
+use lopdf::content::Content;
+use lopdf::{Dictionary, Document, Encoding, Object, ObjectId};
 
 use super::text::normalize;
 use super::{ExtractError, Extracted};
 
+/// How deep Form XObjects may nest inside one another before the rest is skipped.
+const MAX_FORM_DEPTH: usize = 8;
+
 pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
-    let mut doc = lopdf::Document::load_mem(bytes).map_err(|err| {
-        let message = err.to_string();
-        if message.to_ascii_lowercase().contains("decrypt")
-            || message.to_ascii_lowercase().contains("password")
-        {
-            encrypted()
-        } else {
-            ExtractError::Invalid(format!(
-                "not a readable PDF (damaged or truncated?): {message}; re-export it or exclude it"
-            ))
-        }
-    })?;
-    if doc.is_encrypted() && doc.decrypt("").is_err() {
-        return Err(encrypted());
+    let (doc, repaired) = load(bytes)?;
+    // lopdf opens an encrypted PDF with the empty user password as it loads it; a state
+    // left unset means a real password is needed.
+    if doc.is_encrypted() && doc.encryption_state.is_none() {
+        return Err(ExtractError::Invalid(
+            "password-protected (encrypted) PDF that needs a user password to open; save an unencrypted copy or exclude it".into(),
+        ));
     }
     let pages = doc.get_pages();
     if pages.is_empty() {
@@ -31,11 +35,27 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
     let mut text = String::new();
     let mut page_starts = Vec::new();
     let mut failed_pages = Vec::new();
-    for &number in pages.keys() {
-        match doc.extract_text(&[number]) {
-            Ok(page_text) => {
+    let mut font_problems = Vec::new();
+    for (&number, &page_id) in &pages {
+        match page_text(&doc, page_id) {
+            Ok((page_text, problems)) => {
+                font_problems.extend(problems.into_iter().map(|p| format!("page {number}: {p}")));
                 let page_text = normalize(&page_text, true);
                 if page_text.trim().is_empty() {
+                    continue;
+                }
+                // Codes no font maps to text come out as U+FFFD: such a page is garbage,
+                // not text, and is left out.
+                let visible = page_text
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .count()
+                    .max(1);
+                let replaced = page_text.chars().filter(|c| *c == '\u{fffd}').count();
+                if replaced * 10 > visible {
+                    failed_pages.push(format!(
+                        "page {number}: {replaced} of {visible} characters have no Unicode mapping in their fonts"
+                    ));
                     continue;
                 }
                 if !text.is_empty() {
@@ -59,14 +79,24 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
             ))
         });
     }
-    let decode_warning = (!failed_pages.is_empty()).then(|| {
-        format!(
+    let mut warnings = Vec::new();
+    if repaired {
+        warnings.push(
+            "damaged cross-reference table; rebuilt by scanning the file for objects".to_string(),
+        );
+    }
+    if !failed_pages.is_empty() {
+        warnings.push(format!(
             "{} of {} pages could not be read and are missing: {}",
             failed_pages.len(),
             pages.len(),
             failed_pages.join("; ")
-        )
-    });
+        ));
+    }
+    if !font_problems.is_empty() {
+        font_problems.truncate(10);
+        warnings.push(format!("fonts read in part: {}", font_problems.join("; ")));
+    }
     let title = doc
         .trailer
         .get(b"Info")
@@ -83,8 +113,327 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         page_starts,
         sections: Vec::new(),
         title,
-        decode_warning,
+        decode_warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
         metadata: Default::default(),
+    })
+}
+
+/// Loads the document; a damaged cross-reference table is rebuilt by scanning (`true`).
+fn load(bytes: &[u8]) -> Result<(Document, bool), ExtractError> {
+    let first_error = match Document::load_mem(bytes) {
+        Ok(doc) => return Ok((doc, false)),
+        Err(err) => err.to_string(),
+    };
+    if let Some(rebuilt) = rebuild_xref(bytes) {
+        if let Ok(doc) = Document::load_mem(&rebuilt) {
+            if !doc.get_pages().is_empty() {
+                return Ok((doc, true));
+            }
+        }
+    }
+    Err(ExtractError::Invalid(format!(
+        "not a readable PDF (damaged or truncated, and no intact objects to rebuild it from): {first_error}; re-export it or exclude it"
+    )))
+}
+
+/// The file with a fresh cross-reference table and trailer appended, listing every
+/// `N G obj` found by scanning (the last definition of a number wins, as in an update)
+/// and the catalog found among them. `None` when there is no catalog to start from.
+fn rebuild_xref(bytes: &[u8]) -> Option<Vec<u8>> {
+    let object_header =
+        regex::bytes::Regex::new(r"(?m)(?:^|[\r\n\s])(\d{1,10})\s+(\d{1,5})\s+obj\b").ok()?;
+    let catalog = regex::bytes::Regex::new(r"/Type\s*/Catalog\b").ok()?;
+    let mut offsets: BTreeMap<u32, (usize, u16)> = BTreeMap::new();
+    let mut root = None;
+    let headers: Vec<_> = object_header.captures_iter(bytes).collect();
+    for (i, caps) in headers.iter().enumerate() {
+        let number: u32 = std::str::from_utf8(&caps[1]).ok()?.parse().ok()?;
+        let generation: u16 = std::str::from_utf8(&caps[2]).ok()?.parse().ok()?;
+        let start = caps.get(1)?.start();
+        offsets.insert(number, (start, generation));
+        let end = headers
+            .get(i + 1)
+            .and_then(|c| c.get(1))
+            .map_or(bytes.len(), |m| m.start());
+        if catalog.is_match(&bytes[start..end]) {
+            root = Some((number, generation));
+        }
+    }
+    let (root_number, root_generation) = root?;
+    let size = offsets.keys().next_back()? + 1;
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(b"\n");
+    let xref_at = out.len();
+    out.extend_from_slice(format!("xref\n0 {size}\n").as_bytes());
+    for number in 0..size {
+        match offsets.get(&number) {
+            Some((offset, generation)) => {
+                out.extend_from_slice(format!("{offset:010} {generation:05} n\r\n").as_bytes())
+            }
+            None => out.extend_from_slice(b"0000000000 65535 f\r\n"),
+        }
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {size} /Root {root_number} {root_generation} R >>\nstartxref\n{xref_at}\n%%EOF\n"
+        )
+        .as_bytes(),
+    );
+    Some(out)
+}
+
+/// How a font's string bytes become text.
+enum FontText<'a> {
+    Lopdf(Encoding<'a>),
+    /// Its ToUnicode CMap or encoding could not be read: a simple font's bytes are read
+    /// by its base encoding (WinAnsi, which the standard encodings agree with on letters).
+    BaseEncoding,
+    /// A composite (CID) font without a readable CMap: its codes mean nothing readable.
+    Unreadable,
+}
+
+impl FontText<'_> {
+    fn decode(&self, bytes: &[u8]) -> Option<String> {
+        match self {
+            FontText::Lopdf(encoding) => Document::decode_text(encoding, bytes).ok(),
+            FontText::BaseEncoding => Some(
+                encoding_rs::WINDOWS_1252
+                    .decode_without_bom_handling(bytes)
+                    .0
+                    .into_owned(),
+            ),
+            FontText::Unreadable => None,
+        }
+    }
+}
+
+fn font_texts<'a>(
+    doc: &'a Document,
+    fonts: BTreeMap<Vec<u8>, &'a Dictionary>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<Vec<u8>, FontText<'a>> {
+    fonts
+        .into_iter()
+        .map(|(name, font)| {
+            let text = match font.get_font_encoding(doc) {
+                Ok(encoding) => FontText::Lopdf(encoding),
+                Err(err) => {
+                    let composite =
+                        font.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Type0");
+                    let label = String::from_utf8_lossy(&name).into_owned();
+                    if composite {
+                        problems.push(format!(
+                            "font {label} unreadable ({err}); its text is missing"
+                        ));
+                        FontText::Unreadable
+                    } else {
+                        problems.push(format!("font {label}: {err}; read by its base encoding"));
+                        FontText::BaseEncoding
+                    }
+                }
+            };
+            (name, text)
+        })
+        .collect()
+}
+
+/// A page's text in content order, with spaces and line breaks from the text operators'
+/// positioning, and the text of the Form XObjects it draws.
+fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Vec<String>), lopdf::Error> {
+    let mut problems = Vec::new();
+    let fonts = font_texts(
+        doc,
+        doc.get_page_fonts(page_id).unwrap_or_default(),
+        &mut problems,
+    );
+    let content = Content::decode(&doc.get_page_content(page_id)?)?;
+    let (resources, resource_ids) = doc.get_page_resources(page_id)?;
+    let mut xobjects: Vec<&Dictionary> = resources.into_iter().collect();
+    xobjects.extend(
+        resource_ids
+            .iter()
+            .filter_map(|id| doc.get_dictionary(*id).ok()),
+    );
+    let mut out = String::new();
+    run_content(doc, &content, &fonts, &xobjects, &mut out, &mut problems, 0);
+    Ok((out, problems))
+}
+
+fn run_content(
+    doc: &Document,
+    content: &Content,
+    fonts: &BTreeMap<Vec<u8>, FontText>,
+    resources: &[&Dictionary],
+    out: &mut String,
+    problems: &mut Vec<String>,
+    depth: usize,
+) {
+    let mut font: Option<&FontText> = None;
+    let mut line_y: Option<f64> = None;
+    let number = |o: &Object| {
+        o.as_float()
+            .ok()
+            .map(f64::from)
+            .or_else(|| o.as_i64().ok().map(|i| i as f64))
+    };
+    let space = |out: &mut String| {
+        if !out.is_empty() && !out.ends_with([' ', '\n']) {
+            out.push(' ');
+        }
+    };
+    let newline = |out: &mut String| {
+        while out.ends_with(' ') {
+            out.pop();
+        }
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+    };
+    for op in &content.operations {
+        let operands = &op.operands;
+        match op.operator.as_str() {
+            "BT" => space(out),
+            "Tf" => {
+                font = operands
+                    .first()
+                    .and_then(|o| o.as_name().ok())
+                    .and_then(|name| fonts.get(name));
+            }
+            "Td" | "TD" => {
+                let (tx, ty) = (
+                    operands.first().and_then(number).unwrap_or(0.0),
+                    operands.get(1).and_then(number).unwrap_or(0.0),
+                );
+                // A move along the line may place the next glyph of the same word (some
+                // writers position every glyph): only a move down starts a new line, and
+                // only a move back to the left margin-ish after text separates words.
+                if ty.abs() > 0.5 {
+                    newline(out);
+                } else if tx < -0.5 {
+                    space(out);
+                }
+            }
+            "T*" => newline(out),
+            "Tm" => {
+                let y = operands.get(5).and_then(number);
+                if let (Some(previous), Some(y)) = (line_y, y) {
+                    if (previous - y).abs() > 0.5 {
+                        newline(out);
+                    }
+                }
+                line_y = y;
+            }
+            "Tj" | "'" | "\"" => {
+                if op.operator != "Tj" {
+                    newline(out);
+                }
+                if let Some(Object::String(bytes, _)) = operands.last() {
+                    show(font, bytes, out);
+                }
+            }
+            "TJ" => {
+                if let Some(Object::Array(items)) = operands.first() {
+                    for item in items {
+                        match item {
+                            Object::String(bytes, _) => show(font, bytes, out),
+                            // A gap wider than about a quarter em is a word space.
+                            other => {
+                                if number(other).is_some_and(|n| n < -200.0) {
+                                    space(out);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            "Do" if depth < MAX_FORM_DEPTH => {
+                let Some(name) = operands.first().and_then(|o| o.as_name().ok()) else {
+                    continue;
+                };
+                let Some(form) = find_xobject(doc, resources, name) else {
+                    continue;
+                };
+                let Ok(data) = form
+                    .decompressed_content()
+                    .or_else(|_| Ok::<_, lopdf::Error>(form.content.clone()))
+                else {
+                    continue;
+                };
+                let Ok(inner) = Content::decode(&data) else {
+                    problems.push("a form's content could not be parsed".into());
+                    continue;
+                };
+                let inner_resources: Option<&Dictionary> = form
+                    .dict
+                    .get(b"Resources")
+                    .ok()
+                    .and_then(|r| doc.dereference(r).ok())
+                    .and_then(|(_, r)| r.as_dict().ok());
+                let inner_fonts = inner_resources
+                    .and_then(|r| r.get(b"Font").ok())
+                    .and_then(|f| doc.dereference(f).ok())
+                    .and_then(|(_, f)| f.as_dict().ok())
+                    .map(|dict| {
+                        dict.iter()
+                            .filter_map(|(name, font)| {
+                                let (_, font) = doc.dereference(font).ok()?;
+                                Some((name.clone(), font.as_dict().ok()?))
+                            })
+                            .collect::<BTreeMap<Vec<u8>, &Dictionary>>()
+                    });
+                let mut inner_resource_list: Vec<&Dictionary> =
+                    inner_resources.into_iter().collect();
+                inner_resource_list.extend_from_slice(resources);
+                match inner_fonts {
+                    Some(inner_fonts) if !inner_fonts.is_empty() => {
+                        let inner_fonts = font_texts(doc, inner_fonts, problems);
+                        run_content(
+                            doc,
+                            &inner,
+                            &inner_fonts,
+                            &inner_resource_list,
+                            out,
+                            problems,
+                            depth + 1,
+                        );
+                    }
+                    _ => run_content(
+                        doc,
+                        &inner,
+                        fonts,
+                        &inner_resource_list,
+                        out,
+                        problems,
+                        depth + 1,
+                    ),
+                }
+                newline(out);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn show(font: Option<&FontText>, bytes: &[u8], out: &mut String) {
+    if let Some(text) = font.and_then(|f| f.decode(bytes)) {
+        out.push_str(&text);
+    }
+}
+
+/// A Form XObject by its resource name, from the innermost resources outwards.
+fn find_xobject<'a>(
+    doc: &'a Document,
+    resources: &[&'a Dictionary],
+    name: &[u8],
+) -> Option<&'a lopdf::Stream> {
+    resources.iter().find_map(|res| {
+        let (_, xobjects) = doc.dereference(res.get(b"XObject").ok()?).ok()?;
+        let (_, object) = doc
+            .dereference(xobjects.as_dict().ok()?.get(name).ok()?)
+            .ok()?;
+        let stream = object.as_stream().ok()?;
+        (stream.dict.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Form"))
+            .then_some(stream)
     })
 }
 
@@ -100,10 +449,4 @@ fn pdf_text_string(raw: &[u8]) -> String {
             .0
             .into_owned(),
     }
-}
-
-fn encrypted() -> ExtractError {
-    ExtractError::Invalid(
-        "password-protected (encrypted) PDF; save an unencrypted copy or exclude it".into(),
-    )
 }

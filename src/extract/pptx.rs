@@ -60,7 +60,10 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
 }
 
 /// `Id -> Target` of an OOXML relationships part.
-pub(super) fn relationships(xml: &[u8], what: &str) -> Result<HashMap<String, String>, ExtractError> {
+pub(super) fn relationships(
+    xml: &[u8],
+    what: &str,
+) -> Result<HashMap<String, String>, ExtractError> {
     let mut map = HashMap::new();
     for event in events(xml, what)? {
         if let XmlEvent::Open(el) = event {

@@ -24,7 +24,8 @@ pub(super) type SparseSheet = BTreeMap<u32, BTreeMap<u32, String>>;
 pub fn extract_xlsx(bytes: &[u8]) -> Result<Extracted, ExtractError> {
     // calamine inflates members itself, unbounded: the container is checked first.
     Archive::open(bytes, "XLSX")?.check_all()?;
-    let mut workbook: Xlsx<_> = Xlsx::new(Cursor::new(bytes)).map_err(|err| invalid("XLSX", &err))?;
+    let mut workbook: Xlsx<_> =
+        Xlsx::new(Cursor::new(bytes)).map_err(|err| invalid("XLSX", &err))?;
     let mut sheets = Vec::new();
     let mut cells_total = 0usize;
     for name in workbook.sheet_names() {
@@ -115,7 +116,9 @@ pub(super) fn render(
         }
     }
     if out.is_empty() {
-        return Err(ExtractError::Skip("spreadsheet has no cells with content".into()));
+        return Err(ExtractError::Skip(
+            "spreadsheet has no cells with content".into(),
+        ));
     }
     out.finish(title, None)
 }
@@ -157,7 +160,14 @@ mod tests {
         cells.entry(3).or_default().insert(0, "Ada".into());
         cells.entry(3).or_default().insert(1, "engineer".into());
         cells.entry(4).or_default().insert(2, "stray".into());
-        let doc = render(vec![("Staff".into(), cells), ("Empty".into(), SparseSheet::new())], None).unwrap();
+        let doc = render(
+            vec![
+                ("Staff".into(), cells),
+                ("Empty".into(), SparseSheet::new()),
+            ],
+            None,
+        )
+        .unwrap();
         assert_eq!(
             doc.text,
             "# Staff\n\nName | Role\n\nName: Ada; Role: engineer\n\nC: stray"

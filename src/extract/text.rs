@@ -31,7 +31,8 @@ pub fn decode_text(bytes: &[u8]) -> Result<Decoded, ExtractError> {
     if let Some(decoded) = decode_by_bom(bytes) {
         return Ok(decoded);
     }
-    if let Some(decoded) = xml_declared_label(bytes).and_then(|label| decode_declared(label, bytes)) {
+    if let Some(decoded) = xml_declared_label(bytes).and_then(|label| decode_declared(label, bytes))
+    {
         return Ok(decoded);
     }
     decode_undeclared(bytes)
@@ -53,7 +54,9 @@ pub(super) fn decode_by_bom(bytes: &[u8]) -> Option<Decoded> {
 pub(super) fn xml_declared_label(bytes: &[u8]) -> Option<&[u8]> {
     let head = &bytes[..bytes.len().min(256)];
     let decl_end = head.windows(2).position(|w| w == b"?>")?;
-    let decl = head.strip_prefix(b"<?xml")?.get(..decl_end.checked_sub(5)?)?;
+    let decl = head
+        .strip_prefix(b"<?xml")?
+        .get(..decl_end.checked_sub(5)?)?;
     let at = decl.windows(8).position(|w| w == b"encoding")?;
     let rest = &decl[at + 8..];
     let rest = &rest[rest.iter().position(|b| *b == b'=')? + 1..];
@@ -81,7 +84,13 @@ pub(super) fn decode_declared(label: &[u8], bytes: &[u8]) -> Option<Decoded> {
         let high: Vec<char> = high.chars().collect();
         let text = bytes
             .iter()
-            .map(|b| if *b < 0x80 { *b as char } else { high[(*b - 0x80) as usize] })
+            .map(|b| {
+                if *b < 0x80 {
+                    *b as char
+                } else {
+                    high[(*b - 0x80) as usize]
+                }
+            })
             .collect();
         return Some(Decoded {
             text,
@@ -135,9 +144,11 @@ pub(super) fn decode_undeclared(bytes: &[u8]) -> Result<Decoded, ExtractError> {
         multibyte_chars += chunk.valid().chars().filter(|c| !c.is_ascii()).count();
         invalid_bytes += chunk.invalid().len();
     }
-    // Legacy multi-byte encodings form a valid UTF-8 sequence only by accident, a few per
-    // thousand characters; a file that is mostly valid UTF-8 is UTF-8 with damage.
-    if multibyte_chars >= 4 * invalid_bytes {
+    // Legacy encodings form valid UTF-8 sequences only by accident: single-byte code pages
+    // almost never, CJK double-byte ones for about one character in twelve against nearly
+    // two bad bytes per character. Valid sequences at least half as many as bad bytes mean
+    // UTF-8 with damage.
+    if 2 * multibyte_chars >= invalid_bytes {
         return Ok(Decoded {
             text: String::from_utf8_lossy(bytes).into_owned(),
             encoding: UTF_8.name(),
@@ -215,7 +226,8 @@ fn script_consistency(text: &str) -> f64 {
     for c in text.chars().filter(|c| !c.is_ascii()) {
         let cp = c as u32;
         // General punctuation, currency, symbols and CJK punctuation say nothing either way.
-        if matches!(cp, 0x2000..=0x2BFF | 0x3000..=0x303F | 0xFF00..=0xFF0F | 0xA0..=0xBF | 0xD7 | 0xF7) {
+        if matches!(cp, 0x2000..=0x2BFF | 0x3000..=0x303F | 0xFF00..=0xFF0F | 0xA0..=0xBF | 0xD7 | 0xF7)
+        {
             continue;
         }
         counted += 1;
@@ -240,7 +252,11 @@ fn script_consistency(text: &str) -> f64 {
         return 0.0;
     }
     // Japanese mixes kana and kanji: one writing system.
-    let japanese = if buckets[6] > 0 { buckets[6] + buckets[8] } else { 0 };
+    let japanese = if buckets[6] > 0 {
+        buckets[6] + buckets[8]
+    } else {
+        0
+    };
     let best = buckets.iter().copied().max().unwrap_or(0).max(japanese);
     best as f64 / counted as f64
 }
@@ -250,7 +266,7 @@ fn script_consistency(text: &str) -> f64 {
 /// Cyrillic or Greek text) and by decoding strictly to text without stray control codes.
 fn detect_wide_unicode(bytes: &[u8]) -> Option<Decoded> {
     let head = &bytes[..bytes.len().min(BINARY_SNIFF_BYTES) & !3];
-    if bytes.len() % 4 == 0 && head.len() >= 8 {
+    if bytes.len().is_multiple_of(4) && head.len() >= 8 {
         for big_endian in [false, true] {
             let top = if big_endian { 0 } else { 3 };
             if head.chunks_exact(4).all(|unit| unit[top] == 0) {
@@ -261,11 +277,17 @@ fn detect_wide_unicode(bytes: &[u8]) -> Option<Decoded> {
             }
         }
     }
-    if bytes.len() % 2 != 0 || head.len() < 4 {
+    if !bytes.len().is_multiple_of(2) || head.len() < 4 {
         return None;
     }
     let units = head.len() / 2;
-    let zero_at = |parity: usize| head.iter().skip(parity).step_by(2).filter(|b| **b == 0).count();
+    let zero_at = |parity: usize| {
+        head.iter()
+            .skip(parity)
+            .step_by(2)
+            .filter(|b| **b == 0)
+            .count()
+    };
     let (even_zeros, odd_zeros) = (zero_at(0), zero_at(1));
     let encoding = if odd_zeros * 10 >= units * 3 && even_zeros * 20 <= units {
         UTF_16LE
@@ -439,7 +461,10 @@ mod tests {
         let d = decode_text(b"Le caf\xe9 cr\xe8me est tr\xe8s appr\xe9ci\xe9 \xe0 Paris.").unwrap();
         assert_eq!(d.text, "Le café crème est très apprécié à Paris.");
         let warning = d.warning.unwrap();
-        assert!(warning.contains("windows-1252") && warning.contains("confidence"), "{warning}");
+        assert!(
+            warning.contains("windows-1252") && warning.contains("confidence"),
+            "{warning}"
+        );
     }
 
     #[test]
@@ -467,9 +492,20 @@ mod tests {
         let text = "Plain text, naïve café, Привет мир.\n";
         let le16: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
         let be16: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
-        let le32: Vec<u8> = text.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
-        let be32: Vec<u8> = text.chars().flat_map(|c| (c as u32).to_be_bytes()).collect();
-        for (bytes, name) in [(le16, "UTF-16LE"), (be16, "UTF-16BE"), (le32, "UTF-32LE"), (be32, "UTF-32BE")] {
+        let le32: Vec<u8> = text
+            .chars()
+            .flat_map(|c| (c as u32).to_le_bytes())
+            .collect();
+        let be32: Vec<u8> = text
+            .chars()
+            .flat_map(|c| (c as u32).to_be_bytes())
+            .collect();
+        for (bytes, name) in [
+            (le16, "UTF-16LE"),
+            (be16, "UTF-16BE"),
+            (le32, "UTF-32LE"),
+            (be32, "UTF-32BE"),
+        ] {
             let d = decode_text(&bytes).unwrap();
             assert_eq!((d.text.as_str(), d.encoding), (text, name));
             assert!(d.warning.unwrap().contains("byte pattern"));
@@ -481,13 +517,21 @@ mod tests {
 
     #[test]
     fn xml_declaration_decides() {
-        let d = decode_text(b"<?xml version=\"1.0\" encoding=\"ISO-8859-5\"?><a>\xbf\xe0\xd8\xd2\xd5\xe2</a>").unwrap();
+        let d = decode_text(
+            b"<?xml version=\"1.0\" encoding=\"ISO-8859-5\"?><a>\xbf\xe0\xd8\xd2\xd5\xe2</a>",
+        )
+        .unwrap();
         assert!(d.text.contains("Привет"));
         assert_eq!(d.warning, None);
         // Labels outside the Encoding Standard that real files carry.
-        let d = decode_text(b"<?xml version='1.0' encoding='MacCyrillic'?><a>\x8f\xf0\xe8\xe2\xe5\xf2</a>").unwrap();
+        let d = decode_text(
+            b"<?xml version='1.0' encoding='MacCyrillic'?><a>\x8f\xf0\xe8\xe2\xe5\xf2</a>",
+        )
+        .unwrap();
         assert!(d.text.contains("Привет"), "{}", d.text);
-        let d = decode_text(b"<?xml version='1.0' encoding='IBM855'?><a>\xdd\xe1\xb7\xeb\xa8\xe5</a>").unwrap();
+        let d =
+            decode_text(b"<?xml version='1.0' encoding='IBM855'?><a>\xdd\xe1\xb7\xeb\xa8\xe5</a>")
+                .unwrap();
         assert!(d.text.contains("Привет"), "{}", d.text);
         let (jis, _, _) = encoding_rs::ISO_2022_JP.encode("日本語のテキスト");
         assert_eq!(decode_text(&jis).unwrap().text, "日本語のテキスト");
@@ -495,10 +539,14 @@ mod tests {
 
     #[test]
     fn broken_utf8_is_replaced_and_flagged() {
-        let mut bytes = "café crème brûlée, naïve façade, déjà vu and ".as_bytes().to_vec();
+        let mut bytes = "café crème brûlée, naïve façade, déjà vu and "
+            .as_bytes()
+            .to_vec();
         bytes.extend_from_slice(b"\xff\xfe bad");
         let d = decode_text(&bytes).unwrap();
-        assert!(d.text.starts_with("café crème brûlée, naïve façade, déjà vu and "));
+        assert!(d
+            .text
+            .starts_with("café crème brûlée, naïve façade, déjà vu and "));
         assert!(d.text.contains('\u{fffd}'));
         assert!(d.warning.unwrap().contains("U+FFFD"));
     }

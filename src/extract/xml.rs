@@ -131,7 +131,13 @@ mod tests {
         };
         assert_eq!((p.name.as_str(), p.attr("x")), ("p", Some("1 & 2")));
         assert_eq!(events[2], XmlEvent::Text("Tom & Jerry\u{2019}s".into()));
-        assert_eq!(events[4], XmlEvent::Open(Element { name: "br".into(), attrs: vec![] }));
+        assert_eq!(
+            events[4],
+            XmlEvent::Open(Element {
+                name: "br".into(),
+                attrs: vec![]
+            })
+        );
         assert_eq!(events[5], XmlEvent::Close("br".into()));
     }
 }

@@ -1,0 +1,392 @@
+//! Real documents from public packages' own test data (fetched pinned by hash by
+//! `scripts/fixtures`), one of each format, indexed through the real pipeline and model
+//! with their structure in the provenance, and found by a query; and hostile containers
+//! (a zip bomb, a 10,000-page PDF, a deeply nested DOCX) that fail alone without
+//! exhausting memory.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use common::{points, str_field, Workspace};
+use freshet::extract::{extract, ExtractError, MediaType};
+use freshet::ledger::DocStatus;
+use freshet::pipeline::SyncOptions;
+use freshet::store::Payload;
+
+/// `scripts/fixtures`' directory, or `None` (the test says it skipped) unless
+/// `FRESHET_REQUIRE_FIXTURES` is set, as `scripts/test` sets it.
+fn fixtures(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("FRESHET_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("freshet/fixtures")))?;
+    if dir.join("odfpy-1.4.1/.complete").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("FRESHET_REQUIRE_FIXTURES").is_some() {
+        panic!(
+            "{test}: fixtures missing under {}; run scripts/fixtures",
+            dir.display()
+        );
+    }
+    eprintln!("{test}: SKIPPED (no fixtures; run scripts/fixtures)");
+    None
+}
+
+fn heading_path(payload: &Payload) -> Vec<String> {
+    payload["heading_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_real_file_of_each_format_is_indexed_with_its_structure_and_found() {
+    let Some(fx) = fixtures("formats") else {
+        return;
+    };
+    let ws = Workspace::empty();
+    let files = [
+        (
+            "python_docx-1.2.0/features/steps/test_files/par-known-paragraphs.docx",
+            "paragraphs.docx",
+        ),
+        (
+            "python_docx-1.2.0/features/steps/test_files/tbl-cell-access.docx",
+            "tables.docx",
+        ),
+        (
+            "python_pptx-1.0.2/features/steps/test_files/ph-populated-placeholders.pptx",
+            "slides.pptx",
+        ),
+        ("odfpy-1.4.1/api-for-odfpy.odt", "api-for-odfpy.odt"),
+        ("odfpy-1.4.1/tests/examples/ol.odp", "ol.odp"),
+        (
+            "odfpy-1.4.1/tests/examples/chinese_spreadsheet.ods",
+            "chinese.ods",
+        ),
+        (
+            "pyexcel-xls-0.7.0/tests/fixtures/pyexcel_issue_151.xlsx",
+            "issue151.xlsx",
+        ),
+        ("xlwt-1.3.0/tests/less_simple.xls", "less_simple.xls"),
+        (
+            "live-manual-epub/usr/share/doc/live-manual/epub/live-manual.en.epub",
+            "live-manual.epub",
+        ),
+        ("mail_parser-4.8.0/tests/mails/mail_test_3", "bills.eml"),
+    ];
+    for (from, to) in files {
+        std::fs::copy(fx.join(from), ws.corpus().join(to)).unwrap();
+    }
+    let index = ws.open().await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "completed", "{report:#?}");
+    for (_, key) in files {
+        let row = index.ledger.get("docs", key).await.unwrap().unwrap();
+        assert_eq!(row.status, DocStatus::Indexed, "{key}: {:?}", row.reason);
+    }
+    let all = points(&index).await;
+    let of = |key: &str| -> Vec<&Payload> {
+        all.values()
+            .filter(|p| str_field(p, "doc_key") == key)
+            .collect()
+    };
+
+    // DOCX: a heading style becomes the heading path; tables become Markdown tables.
+    let docx = of("paragraphs.docx");
+    assert!(docx.iter().any(|p| heading_path(p) == ["Heading Paragraph"]
+        && str_field(p, "text").contains("Normal paragraph")));
+    assert_eq!(str_field(docx[0], "media_type"), "docx");
+    assert!(of("tables.docx").iter().any(
+        |p| str_field(p, "text").contains("| 1 | 2 | 3 |\n| --- | --- | --- |\n| 4 | 5 | 6 |")
+    ));
+
+    // PPTX and ODP: the slide number is the page, the slide title the heading.
+    let slides = of("slides.pptx");
+    // Slides 1-4 hold no text but their titles, so one chunk spans them and slide 5.
+    assert!(slides
+        .iter()
+        .any(|p| str_field(p, "text").contains("# Title Text")
+            && p["page"].as_i64().unwrap() <= 5
+            && p["page_end"].as_i64().unwrap() >= 5));
+    assert!(slides.iter().all(|p| p["page_end"].as_i64().unwrap() <= 9));
+    let odp = of("ol.odp");
+    assert!(odp.iter().any(|p| p["page"] == 1
+        && heading_path(p) == ["OL"]
+        && str_field(p, "text").contains("Tsvey")));
+
+    // ODT: outline levels nest.
+    let odt = extract(
+        &std::fs::read(ws.corpus().join("api-for-odfpy.odt")).unwrap(),
+        MediaType::Odt,
+    )
+    .unwrap();
+    assert!(odt
+        .sections
+        .iter()
+        .any(|(_, path)| path == &["The OpenDocument classes", "Loading a document"]));
+    assert!(of("api-for-odfpy.odt")
+        .iter()
+        .any(|p| heading_path(p).len() == 2 && heading_path(p)[0] == "The OpenDocument classes"));
+
+    // Spreadsheets: the sheet name is the heading, rows carry their header.
+    assert!(of("chinese.ods")
+        .iter()
+        .any(|p| heading_path(p) == ["工作表1"]));
+    assert!(of("issue151.xlsx")
+        .iter()
+        .any(|p| heading_path(p) == ["Лист1"] && str_field(p, "text").contains("zzzz1234")));
+    assert!(of("less_simple.xls")
+        .iter()
+        .any(|p| heading_path(p) == ["A Test Sheet"]
+            && str_field(p, "text").contains("Test: A1000; B: Zażółć gęślą jaźń 1000")));
+
+    // EPUB: chapter titles are headings.
+    let epub = extract(
+        &std::fs::read(ws.corpus().join("live-manual.epub")).unwrap(),
+        MediaType::Epub,
+    )
+    .unwrap();
+    assert_eq!(epub.title.as_deref(), Some("Live Systems Manual"));
+    assert!(epub
+        .sections
+        .iter()
+        .any(
+            |(_, path)| path.first().map(String::as_str) == Some("Installation")
+                && path
+                    .last()
+                    .is_some_and(|h| h.ends_with("Installing live-build"))
+        ));
+    assert!(of("live-manual.epub")
+        .iter()
+        .all(|p| !heading_path(p).is_empty()
+            || str_field(p, "text").starts_with("Live Systems Manual")));
+
+    // Email: subject, sender, recipients and date in the payload; attachments as sections.
+    let mail = of("bills.eml");
+    assert_eq!(str_field(mail[0], "subject"), "Hi there");
+    assert!(str_field(mail[0], "from").contains("Oneil.844@randtelekom.com.tr"));
+    assert_eq!(str_field(mail[0], "date"), "2016-08-22T16:56:09+03:00");
+    assert!(mail
+        .iter()
+        .any(|p| str_field(p, "text")
+            .contains("# Attachment: message.txt\n\nThe WatchGuard Firebox")));
+
+    // And each is found by what it says.
+    for (query, key) in [
+        (
+            "bills of the goods delivered in the attachment",
+            "bills.eml",
+        ),
+        (
+            "Installing live-build from the Debian repository",
+            "live-manual.epub",
+        ),
+        ("Zażółć gęślą jaźń Lorem ipsum", "less_simple.xls"),
+        ("Loading a document with odfpy", "api-for-odfpy.odt"),
+    ] {
+        let hits = index.query(query, 5, None, None).await.unwrap();
+        assert!(
+            hits.iter().any(|h| str_field(&h.payload, "doc_key") == key),
+            "{query:?} did not find {key}: {:?}",
+            hits.iter()
+                .map(|h| str_field(&h.payload, "doc_key"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut writer = zip::ZipWriter::new(&mut out);
+    for (name, data) in members {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(data.len() > u32::MAX as usize / 2);
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(data).unwrap();
+    }
+    writer.finish().unwrap();
+    out.into_inner()
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_documents_fail_alone_without_exhausting_memory() {
+    let ws = Workspace::empty();
+    // A zip bomb: a DOCX whose document.xml inflates to 1 GiB of zeros-like XML.
+    let bomb_member = vec![b' '; 1 << 30];
+    let bomb = zip_of(&[("word/document.xml", &bomb_member)]);
+    drop(bomb_member);
+    assert!(
+        bomb.len() < 4 << 20,
+        "the bomb is small on disk: {}",
+        bomb.len()
+    );
+    std::fs::write(ws.corpus().join("bomb.docx"), &bomb).unwrap();
+    // The same bomb as a spreadsheet, which calamine would inflate on its own.
+    let sheet_bomb = zip_of(&[("xl/worksheets/sheet1.xml", &vec![b' '; 300 << 20])]);
+    std::fs::write(ws.corpus().join("bomb.xlsx"), &sheet_bomb).unwrap();
+
+    // A DOCX nested 100,000 tables deep.
+    let mut nested = String::from("<w:document xmlns:w=\"w\"><w:body>");
+    for _ in 0..100_000 {
+        nested.push_str("<w:tbl><w:tr><w:tc>");
+    }
+    nested.push_str("<w:p><w:r><w:t>deepest cell</w:t></w:r></w:p>");
+    for _ in 0..100_000 {
+        nested.push_str("</w:tc></w:tr></w:tbl>");
+    }
+    nested.push_str("<w:p><w:r><w:t>After the nesting, a plain paragraph.</w:t></w:r></w:p></w:body></w:document>");
+    std::fs::write(
+        ws.corpus().join("nested.docx"),
+        zip_of(&[("word/document.xml", nested.as_bytes())]),
+    )
+    .unwrap();
+
+    // A 10,000-page PDF, each page with a line of text.
+    std::fs::write(ws.corpus().join("long.pdf"), many_pages_pdf(10_000)).unwrap();
+    std::fs::write(
+        ws.corpus().join("fine.md"),
+        "# Fine\n\nAn ordinary document next to hostile ones.",
+    )
+    .unwrap();
+
+    let before = peak_rss_mib();
+    let index = ws.open().await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    let after = peak_rss_mib();
+    assert_eq!(report.status, "completed_with_failures", "{report:#?}");
+    for key in ["bomb.docx", "bomb.xlsx"] {
+        let row = index.ledger.get("docs", key).await.unwrap().unwrap();
+        assert_eq!(row.status, DocStatus::Failed, "{key}");
+        assert!(
+            row.reason.as_deref().unwrap().contains("zip bomb"),
+            "{key}: {:?}",
+            row.reason
+        );
+    }
+    let nested_row = index
+        .ledger
+        .get("docs", "nested.docx")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        nested_row.status,
+        DocStatus::Indexed,
+        "{:?}",
+        nested_row.reason
+    );
+    let long_row = index.ledger.get("docs", "long.pdf").await.unwrap().unwrap();
+    assert_eq!(long_row.status, DocStatus::Indexed, "{:?}", long_row.reason);
+    let fine = index.ledger.get("docs", "fine.md").await.unwrap().unwrap();
+    assert_eq!(fine.status, DocStatus::Indexed);
+    let all = points(&index).await;
+    let long: Vec<&Payload> = all
+        .values()
+        .filter(|p| str_field(p, "doc_key") == "long.pdf")
+        .collect();
+    assert!(long.iter().any(|p| p["page"] == 1));
+    assert!(long.iter().any(|p| p["page_end"] == 10_000
+        && str_field(p, "text").contains("This is page 10000 of the long report.")));
+    assert!(all
+        .values()
+        .any(|p| str_field(p, "doc_key") == "nested.docx"
+            && str_field(p, "text").contains("deepest cell")));
+    // The bombs were never inflated: memory grew by far less than their 1.3 GiB.
+    assert!(
+        after.saturating_sub(before) < 600,
+        "peak RSS grew from {before} to {after} MiB"
+    );
+
+    // Directly, without the pipeline: the reasons name what to do.
+    let err = extract(&bomb, MediaType::Docx).unwrap_err();
+    assert!(
+        matches!(&err, ExtractError::Invalid(m) if m.contains("word/document.xml")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pdf_with_a_damaged_cross_reference_table_is_rebuilt_by_scanning() {
+    let mut pdf = many_pages_pdf(3);
+    // The cross-reference table and trailer are gone, as in a truncated transfer.
+    let xref = pdf.windows(5).rposition(|w| w == b"xref\n").unwrap();
+    pdf.truncate(xref);
+    assert!(lopdf::Document::load_mem(&pdf).is_err());
+    let doc = extract(&pdf, MediaType::Pdf).unwrap();
+    assert!(
+        doc.text.contains("This is page 3 of the long report."),
+        "{}",
+        doc.text
+    );
+    assert_eq!(doc.page_starts.len(), 3);
+    assert!(doc.decode_warning.unwrap().contains("rebuilt"));
+}
+
+/// A valid PDF of `pages` pages, each saying which page it is.
+fn many_pages_pdf(pages: usize) -> Vec<u8> {
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    let mut object = |out: &mut Vec<u8>, body: String| {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", offsets.len()).as_bytes());
+    };
+    object(&mut out, "<< /Type /Catalog /Pages 2 0 R >>".into());
+    object(
+        &mut out,
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            kids.join(" ")
+        ),
+    );
+    object(
+        &mut out,
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".into(),
+    );
+    for i in 0..pages {
+        object(
+            &mut out,
+            format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>", 5 + 2 * i),
+        );
+        let text = format!(
+            "BT /F1 12 Tf 72 720 Td (This is page {} of the long report.) Tj ET",
+            i + 1
+        );
+        object(
+            &mut out,
+            format!("<< /Length {} >>\nstream\n{text}\nendstream", text.len()),
+        );
+    }
+    let xref_at = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1).as_bytes(),
+    );
+    for offset in &offsets {
+        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n",
+            offsets.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
