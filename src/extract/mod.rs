@@ -12,6 +12,7 @@ mod html;
 mod markdown;
 mod odf;
 mod pdf;
+mod pdf_font;
 mod pptx;
 mod sheet;
 mod text;

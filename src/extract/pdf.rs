@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use lopdf::content::Content;
 use lopdf::{Dictionary, Document, Encoding, Object, ObjectId};
 
+use super::pdf_font::SimpleFont;
 use super::text::normalize;
 use super::{ExtractError, Extracted};
 
@@ -121,6 +122,18 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
 /// Loads the document; a damaged cross-reference table is rebuilt by scanning (`true`).
 fn load(bytes: &[u8]) -> Result<(Document, bool), ExtractError> {
     let first_error = match Document::load_mem(bytes) {
+        Ok(doc) if doc.is_encrypted() && doc.encryption_state.is_none() => {
+            // lopdf 0.38 refuses a /Length in a V1 (40-bit RC4) encryption dictionary,
+            // which the spec allows and old writers always wrote: blanked, it opens.
+            if let Some(patched) = without_v1_key_length(bytes, &doc) {
+                if let Ok(opened) = Document::load_mem(&patched) {
+                    if opened.encryption_state.is_some() {
+                        return Ok((opened, false));
+                    }
+                }
+            }
+            return Ok((doc, false));
+        }
         Ok(doc) => return Ok((doc, false)),
         Err(err) => err.to_string(),
     };
@@ -134,6 +147,26 @@ fn load(bytes: &[u8]) -> Result<(Document, bool), ExtractError> {
     Err(ExtractError::Invalid(format!(
         "not a readable PDF (damaged or truncated, and no intact objects to rebuild it from): {first_error}; re-export it or exclude it"
     )))
+}
+
+/// The bytes with the `/Length` of a V1 encryption dictionary blanked out (same length,
+/// so every offset stays right), or `None` when the dictionary is not that case.
+fn without_v1_key_length(bytes: &[u8], doc: &Document) -> Option<Vec<u8>> {
+    let (number, generation) = doc.trailer.get(b"Encrypt").ok()?.as_reference().ok()?;
+    let header =
+        regex::bytes::Regex::new(&format!(r"(?:^|\s){number}\s+{generation}\s+obj\b")).ok()?;
+    let start = header.find_iter(bytes).last()?.end();
+    let end = start + bytes[start..].windows(6).position(|w| w == b"endobj")?;
+    let object = &bytes[start..end];
+    if !regex::bytes::Regex::new(r"/V\s+1\b").ok()?.is_match(object) {
+        return None;
+    }
+    let length = regex::bytes::Regex::new(r"/Length\s+\d+")
+        .ok()?
+        .find(object)?;
+    let mut patched = bytes.to_vec();
+    patched[start + length.start()..start + length.end()].fill(b' ');
+    Some(patched)
 }
 
 /// The file with a fresh cross-reference table and trailer appended, listing every
@@ -184,6 +217,9 @@ fn rebuild_xref(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// How a font's string bytes become text.
 enum FontText<'a> {
+    /// A one-byte font: ToUnicode, Differences glyph names, base encoding, code by code.
+    Simple(SimpleFont),
+    /// A composite font, through lopdf's CMap reading.
     Lopdf(Encoding<'a>),
     /// Its ToUnicode CMap or encoding could not be read: a simple font's bytes are read
     /// by its base encoding (WinAnsi, which the standard encodings agree with on letters).
@@ -195,6 +231,7 @@ enum FontText<'a> {
 impl FontText<'_> {
     fn decode(&self, bytes: &[u8]) -> Option<String> {
         match self {
+            FontText::Simple(font) => Some(font.decode(bytes)),
             FontText::Lopdf(encoding) => Document::decode_text(encoding, bytes).ok(),
             FontText::BaseEncoding => Some(
                 encoding_rs::WINDOWS_1252
@@ -215,6 +252,31 @@ fn font_texts<'a>(
     fonts
         .into_iter()
         .map(|(name, font)| {
+            let subtype = font.get(b"Subtype").and_then(Object::as_name).ok();
+            if subtype != Some(b"Type0") {
+                // lopdf reads a ToUnicode CMap only for a font without a named encoding:
+                // a copy without one gets it read.
+                let mut bare = font.clone();
+                bare.remove(b"Encoding");
+                let cmap = bare
+                    .has(b"ToUnicode")
+                    .then(|| bare.get_font_encoding(doc).ok())
+                    .flatten()
+                    .filter(|e| matches!(e, Encoding::UnicodeMapEncoding(_)));
+                let lookup = cmap.as_ref().map(|encoding| {
+                    move |code: u8| {
+                        Document::decode_text(encoding, &[code])
+                            .ok()
+                            .filter(|t| !t.is_empty() && !t.contains('\u{fffd}'))
+                    }
+                });
+                let simple = SimpleFont::new(
+                    doc,
+                    font,
+                    lookup.as_ref().map(|f| f as &dyn Fn(u8) -> Option<String>),
+                );
+                return (name, FontText::Simple(simple));
+            }
             let text = match font.get_font_encoding(doc) {
                 Ok(encoding) => FontText::Lopdf(encoding),
                 Err(err) => {
@@ -246,7 +308,7 @@ fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Vec<String>),
         doc.get_page_fonts(page_id).unwrap_or_default(),
         &mut problems,
     );
-    let content = Content::decode(&doc.get_page_content(page_id)?)?;
+    let content = Content::decode(&strip_comments(&doc.get_page_content(page_id)?))?;
     let (resources, resource_ids) = doc.get_page_resources(page_id)?;
     let mut xobjects: Vec<&Dictionary> = resources.into_iter().collect();
     xobjects.extend(
@@ -359,7 +421,7 @@ fn run_content(
                 else {
                     continue;
                 };
-                let Ok(inner) = Content::decode(&data) else {
+                let Ok(inner) = Content::decode(&strip_comments(&data)) else {
                     problems.push("a form's content could not be parsed".into());
                     continue;
                 };
@@ -414,6 +476,48 @@ fn run_content(
     }
 }
 
+/// Content without `%` comments, which lopdf's content parser stops at (dropping the rest
+/// of the page); strings `(...)` and hex strings `<...>` are left alone.
+fn strip_comments(content: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !content.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(content);
+    }
+    let mut out = Vec::with_capacity(content.len());
+    let (mut depth, mut hex, mut escaped, mut comment) = (0usize, false, false, false);
+    for &b in content {
+        if comment {
+            if b == b'\n' || b == b'\r' {
+                comment = false;
+                out.push(b);
+            }
+            continue;
+        }
+        if depth > 0 {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'(') => depth += 1,
+                (false, b')') => depth -= 1,
+                _ => {}
+            }
+        } else if hex {
+            hex = b != b'>';
+        } else {
+            match b {
+                b'(' => depth = 1,
+                b'<' => hex = true,
+                b'%' => {
+                    comment = true;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(b);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn show(font: Option<&FontText>, bytes: &[u8], out: &mut String) {
     if let Some(text) = font.and_then(|f| f.decode(bytes)) {
         out.push_str(&text);
@@ -448,5 +552,19 @@ fn pdf_text_string(raw: &[u8]) -> String {
             .decode_without_bom_handling(raw)
             .0
             .into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_go_but_strings_keep_their_percent_signs() {
+        let content = b"BT % move\n/F1 12 Tf (50% off \\) % still) Tj <25> Tj ET %end";
+        assert_eq!(
+            strip_comments(content).as_ref(),
+            b"BT \n/F1 12 Tf (50% off \\) % still) Tj <25> Tj ET "
+        );
     }
 }
