@@ -82,6 +82,8 @@ async fn one_real_file_of_each_format_is_indexed_with_its_structure_and_found() 
     for (from, to) in files {
         std::fs::copy(fx.join(from), ws.corpus().join(to)).unwrap();
     }
+    // Word's owner file beside an open document: skipped, not failed.
+    std::fs::write(ws.corpus().join("~$ragraphs.docx"), b"\x0bJ. Smith\x00\x00").unwrap();
     let index = ws.open().await;
     let report = index.sync(&SyncOptions::default()).await.unwrap();
     assert_eq!(report.status, "completed", "{report:#?}");
@@ -89,6 +91,14 @@ async fn one_real_file_of_each_format_is_indexed_with_its_structure_and_found() 
         let row = index.ledger.get("docs", key).await.unwrap().unwrap();
         assert_eq!(row.status, DocStatus::Indexed, "{key}: {:?}", row.reason);
     }
+    let owner = index
+        .ledger
+        .get("docs", "~$ragraphs.docx")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.status, DocStatus::Skipped);
+    assert!(owner.reason.unwrap().contains("lock"));
     let all = points(&index).await;
     let of = |key: &str| -> Vec<&Payload> {
         all.values()

@@ -48,7 +48,7 @@ pub enum MediaType {
 }
 
 impl MediaType {
-    /// The media type a source names (`text`, `markdown`, `html`, `code`, `pdf`).
+    /// The media type a source names: [`MediaType::name`] of each variant.
     pub fn from_name(name: &str) -> Option<MediaType> {
         Some(match name {
             "text" => MediaType::PlainText,

@@ -96,6 +96,16 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
             drop_ids,
         }
     };
+    let file_name = doc.key.rsplit('/').next().unwrap_or(&doc.key);
+    if file_name.starts_with("~$") && doc.media.is_none() {
+        // Word, Excel and PowerPoint leave these beside an open document.
+        return record(
+            DocStatus::Skipped,
+            "an Office owner (lock) file, not a document; add `**/~$*` to `exclude` to silence this".into(),
+            None,
+            None,
+        );
+    }
     let media = match &doc.media {
         Some(name) => MediaType::from_name(name),
         None => MediaType::from_key(&doc.key),
