@@ -90,6 +90,14 @@ fn show_file(path: &Path) -> anyhow::Result<()> {
                     .map(|(_, p)| p.join(" > "))
                     .collect::<Vec<_>>()
             );
+            for part in &doc.parts {
+                println!(
+                    "   part {} ({}): {} bytes of text",
+                    part.name,
+                    part.media.name(),
+                    part.doc.text.len()
+                );
+            }
             if !doc.metadata.is_empty() {
                 println!(
                     "   fields {}",

@@ -181,10 +181,25 @@ async fn one_real_file_of_each_format_is_indexed_with_its_structure_and_found() 
     assert_eq!(str_field(mail[0], "subject"), "Hi there");
     assert!(str_field(mail[0], "from").contains("Oneil.844@randtelekom.com.tr"));
     assert_eq!(str_field(mail[0], "date"), "2016-08-22T16:56:09+03:00");
+    // The attachment is a part of its own under the message's key: chunked apart, named,
+    // typed, and carrying the message's fields.
+    let attachment: Vec<&&Payload> = mail
+        .iter()
+        .filter(|p| p.get("attachment").and_then(|a| a.as_str()) == Some("message.txt"))
+        .collect();
+    assert!(!attachment.is_empty());
+    assert!(attachment
+        .iter()
+        .all(|p| str_field(p, "attachment_type") == "text"
+            && str_field(p, "subject") == "Hi there"
+            && !str_field(p, "text").contains("bills of the goods")));
+    assert!(attachment
+        .iter()
+        .any(|p| str_field(p, "text").contains("The WatchGuard Firebox")));
     assert!(mail
         .iter()
-        .any(|p| str_field(p, "text")
-            .contains("# Attachment: message.txt\n\nThe WatchGuard Firebox")));
+        .any(|p| p.get("attachment").is_none()
+            && str_field(p, "text").contains("bills of the goods")));
 
     // And each is found by what it says.
     for (query, key) in [

@@ -1,15 +1,15 @@
 //! Email (`.eml`, RFC 5322/MIME) -> the message's text and HTML bodies, with subject,
-//! sender, recipients and date as payload fields, and attachments of supported types
-//! appended as sections of their own (`Attachment: name`).
+//! sender, recipients and date as payload fields; attachments of supported types become
+//! parts of their own (chunked apart, with their own pages and headings, under the
+//! message's key); forwarded messages are read inline to a bounded depth.
 //!
-//! Invariant: attachments are read by the same extractors as files, to a bounded depth
-//! of forwarded messages, and one that cannot be read is named in the warning, never
-//! indexed as bytes.
+//! Invariant: attachments are read by the same extractors as files, and one that cannot
+//! be read is named in the warning, never indexed as bytes.
 
 use mail_parser::{Address, MessageParser, MimeHeaders, PartType};
 
 use super::markdown::MarkdownWriter;
-use super::{extract as extract_any, ExtractError, Extracted, MediaType};
+use super::{extract as extract_any, ExtractError, Extracted, MediaType, Part};
 
 /// Forwarded messages inside forwarded messages: deeper ones are not opened.
 const MAX_DEPTH: usize = 3;
@@ -19,13 +19,15 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         ExtractError::Invalid("not a readable email message (no headers); exclude it".into())
     })?;
     let mut out = MarkdownWriter::default();
-    let mut problems = Vec::new();
-    write_message(&message, &mut out, &mut problems, 0);
+    let mut problems: Vec<String> = Vec::new();
+    let mut parts = Vec::new();
+    write_message(&message, &mut out, &mut parts, &mut problems, 0);
     let subject = message.subject().map(str::to_string);
     let mut doc = out.finish(
         subject.clone(),
         (!problems.is_empty()).then(|| problems.join("; ")),
     )?;
+    doc.parts = parts;
     let mut fields = serde_json::Map::new();
     if let Some(subject) = subject {
         fields.insert("subject".into(), subject.into());
@@ -60,6 +62,7 @@ fn addresses(address: &Address) -> String {
 fn write_message(
     message: &mail_parser::Message,
     out: &mut MarkdownWriter,
+    parts: &mut Vec<Part>,
     problems: &mut Vec<String>,
     depth: usize,
 ) {
@@ -84,43 +87,18 @@ fn write_message(
                 1,
                 &format!("Attachment: {}", inner.subject().unwrap_or(&name)),
             );
-            write_message(inner, out, problems, depth + 1);
+            write_message(inner, out, parts, problems, depth + 1);
             continue;
         }
         let Some(media) = MediaType::from_key(&name).filter(|m| *m != MediaType::Email) else {
             continue;
         };
         match extract_any(part.contents(), media) {
-            Ok(doc) => {
-                out.heading(1, &format!("Attachment: {name}"));
-                if media.is_markdown_like() {
-                    out.markdown(&demote_headings(&doc.text));
-                } else {
-                    out.paragraph(&doc.text);
-                }
-            }
+            Ok(doc) => parts.push(Part { name, media, doc }),
             Err(ExtractError::Skip(_)) => {}
             Err(ExtractError::Invalid(reason)) => {
                 problems.push(format!("attachment {name}: {reason}"))
             }
         }
     }
-}
-
-/// Moves an attachment's headings one level down, under its `Attachment:` heading.
-fn demote_headings(markdown: &str) -> String {
-    let sections = super::markdown_sections(markdown);
-    let mut out = String::with_capacity(markdown.len() + sections.len());
-    let mut last = 0;
-    for (start, _) in sections {
-        out.push_str(&markdown[last..start]);
-        if markdown[start..].starts_with("######") {
-            last = start;
-        } else {
-            out.push('#');
-            last = start;
-        }
-    }
-    out.push_str(&markdown[last..]);
-    out
 }

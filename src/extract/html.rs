@@ -151,6 +151,7 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         title,
         decode_warning: decoded.warning,
         metadata: Default::default(),
+        parts: Vec::new(),
     })
 }
 

@@ -129,6 +129,7 @@ impl MarkdownWriter {
             title,
             decode_warning,
             metadata: Default::default(),
+            parts: Vec::new(),
         })
     }
 }

@@ -156,6 +156,17 @@ pub struct Extracted {
     /// Fields the format itself carries into the payload (an email's subject, from, to,
     /// date).
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Documents carried inside this one (an email's attachments), each chunked on its own
+    /// with its own provenance and indexed under this document's key.
+    pub parts: Vec<Part>,
+}
+
+/// A document inside another: an attachment, by its file name and type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub media: MediaType,
+    pub doc: Extracted,
 }
 
 impl Extracted {
@@ -226,10 +237,11 @@ pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError
                 title,
                 decode_warning: decoded.warning,
                 metadata: Default::default(),
+                parts: Vec::new(),
             }
         }
     };
-    if extracted.text.trim().is_empty() {
+    if extracted.text.trim().is_empty() && extracted.parts.is_empty() {
         return Err(ExtractError::Skip(
             "no text after cleaning (empty or whitespace-only document)".into(),
         ));
@@ -322,6 +334,7 @@ mod tests {
             title: None,
             decode_warning: None,
             metadata: Default::default(),
+            parts: Vec::new(),
         };
         assert_eq!(
             extracted.heading_path_at(text.find("y").unwrap()),

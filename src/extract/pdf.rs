@@ -116,6 +116,7 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         title,
         decode_warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
         metadata: Default::default(),
+        parts: Vec::new(),
     })
 }
 

@@ -287,6 +287,10 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
         unreachable!("json! object literal")
     };
     let mut map = map;
+    if let Some((name, media)) = &chunk.part {
+        map.insert("attachment".into(), name.clone().into());
+        map.insert("attachment_type".into(), media_name(*media).into());
+    }
     for (field, value) in &doc.metadata {
         // freshet's own fields win; config validation keeps names from clashing.
         map.entry(field.clone()).or_insert_with(|| value.clone());
