@@ -87,8 +87,9 @@ impl<'a> Archive<'a> {
         })
     }
 
-    /// Inflates every member into nothing, within the limits: run before handing the
-    /// container to a reader (calamine) that does not bound what it inflates.
+    /// Inflates every XML part (what calamine reads; pictures and other media it never
+    /// opens) into nothing, within the limits: run before handing the container to a
+    /// reader that does not bound what it inflates.
     pub fn check_all(&mut self) -> Result<(), ExtractError> {
         for index in 0..self.zip.len() {
             let kind = self.kind;
@@ -98,6 +99,10 @@ impl<'a> Archive<'a> {
                 ))
             })?;
             let name = member.name().map(|n| n.into_owned()).unwrap_or_default();
+            let lower = name.to_ascii_lowercase();
+            if !(lower.ends_with(".xml") || lower.ends_with(".rels") || lower.ends_with(".bin")) {
+                continue;
+            }
             let budget = MAX_MEMBER_BYTES.min(MAX_TOTAL_BYTES - self.inflated);
             let read = std::io::copy(&mut (&mut member).take(budget + 1), &mut std::io::sink())
                 .map_err(|err| {
