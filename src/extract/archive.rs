@@ -47,6 +47,7 @@ impl<'a> Archive<'a> {
     /// A member's bytes, `None` when it is absent; too large a member is an error.
     pub fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, ExtractError> {
         let kind = self.kind;
+        let budget = self.budget();
         let mut member = match self.zip.by_name(name) {
             Ok(member) => member,
             Err(zip::result::ZipError::FileNotFound) => return Ok(None),
@@ -56,24 +57,11 @@ impl<'a> Archive<'a> {
                 )))
             }
         };
-        let budget = MAX_MEMBER_BYTES.min(MAX_TOTAL_BYTES - self.inflated);
         if member.size() > budget {
             return Err(too_large(kind, name, member.size()));
         }
-        // The directory's size may lie: read at most one byte past the budget.
         let mut out = Vec::with_capacity(member.size().min(1 << 20) as usize);
-        (&mut member)
-            .take(budget + 1)
-            .read_to_end(&mut out)
-            .map_err(|err| {
-                ExtractError::Invalid(format!(
-                    "{kind} member {name} is corrupt ({err}); re-save it or exclude it"
-                ))
-            })?;
-        if out.len() as u64 > budget {
-            return Err(too_large(kind, name, out.len() as u64));
-        }
-        self.inflated += out.len() as u64;
+        self.inflated += inflate_within(&mut member, kind, name, budget, &mut out)?;
         Ok(Some(out))
     }
 
@@ -93,6 +81,7 @@ impl<'a> Archive<'a> {
     pub fn check_all(&mut self) -> Result<(), ExtractError> {
         for index in 0..self.zip.len() {
             let kind = self.kind;
+            let budget = self.budget();
             let mut member = self.zip.by_index(index).map_err(|err| {
                 ExtractError::Invalid(format!(
                     "{kind} container is damaged ({err}); re-save it or exclude it"
@@ -103,20 +92,37 @@ impl<'a> Archive<'a> {
             if !(lower.ends_with(".xml") || lower.ends_with(".rels") || lower.ends_with(".bin")) {
                 continue;
             }
-            let budget = MAX_MEMBER_BYTES.min(MAX_TOTAL_BYTES - self.inflated);
-            let read = std::io::copy(&mut (&mut member).take(budget + 1), &mut std::io::sink())
-                .map_err(|err| {
-                    ExtractError::Invalid(format!(
-                        "{kind} member {name} is corrupt ({err}); re-save it or exclude it"
-                    ))
-                })?;
-            if read > budget {
-                return Err(too_large(kind, &name, read));
-            }
-            self.inflated += read;
+            self.inflated +=
+                inflate_within(&mut member, kind, &name, budget, &mut std::io::sink())?;
         }
         Ok(())
     }
+
+    /// What the next member may inflate to: the member limit, or what is left of the
+    /// document's.
+    fn budget(&self) -> u64 {
+        MAX_MEMBER_BYTES.min(MAX_TOTAL_BYTES - self.inflated)
+    }
+}
+
+/// Inflates a member into `out`, never more than one byte past `budget` (the directory's
+/// size may lie), and returns its size; past the budget it is refused as a zip bomb.
+fn inflate_within(
+    member: &mut impl Read,
+    kind: &str,
+    name: &str,
+    budget: u64,
+    out: &mut impl std::io::Write,
+) -> Result<u64, ExtractError> {
+    let size = std::io::copy(&mut member.take(budget + 1), out).map_err(|err| {
+        ExtractError::Invalid(format!(
+            "{kind} member {name} is corrupt ({err}); re-save it or exclude it"
+        ))
+    })?;
+    if size > budget {
+        return Err(too_large(kind, name, size));
+    }
+    Ok(size)
 }
 
 fn too_large(kind: &str, name: &str, size: u64) -> ExtractError {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::archive::Archive;
 use super::markdown::MarkdownWriter;
-use super::xml::{events, walk, XmlEvent};
+use super::xml::{element_text, events, walk, XmlEvent};
 use super::{ExtractError, Extracted};
 
 pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
@@ -104,20 +104,9 @@ fn heading_levels(styles: &[u8]) -> Result<HashMap<String, usize>, ExtractError>
     Ok(levels)
 }
 
-/// `dc:title` of `docProps/core.xml`.
+/// `dc:title` of `docProps/core.xml` (DOCX and PPTX).
 pub(super) fn core_title(core: &[u8]) -> Result<Option<String>, ExtractError> {
-    let mut in_title = false;
-    let mut title = String::new();
-    for event in events(core, "docProps/core.xml")? {
-        match event {
-            XmlEvent::Open(el) if el.name == "title" => in_title = true,
-            XmlEvent::Close(name) if name == "title" => in_title = false,
-            XmlEvent::Text(text) if in_title => title.push_str(&text),
-            _ => {}
-        }
-    }
-    let title = title.trim().to_string();
-    Ok((!title.is_empty()).then_some(title))
+    Ok(element_text(&events(core, "docProps/core.xml")?, "title"))
 }
 
 /// A table being read: finished rows, the row and cell in progress.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::archive::{resolve, Archive};
 use super::markdown::MarkdownWriter;
-use super::xml::{events, XmlEvent};
+use super::xml::{element_text, events, XmlEvent};
 use super::{ExtractError, Extracted};
 
 pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
@@ -30,14 +30,22 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
     let base = package_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     let mut manifest: HashMap<String, (String, String)> = HashMap::new();
     let mut spine = Vec::new();
-    let mut title = String::new();
-    let mut in_title = false;
-    for event in events(&package, &package_path)? {
+    let package_events = events(&package, &package_path)?;
+    let title = element_text(&package_events, "title");
+    for event in package_events {
         match event {
             XmlEvent::Open(el) if el.name == "item" => {
                 if let (Some(id), Some(href)) = (el.attr("id"), el.attr("href")) {
                     let media = el.attr("media-type").unwrap_or_default().to_string();
-                    manifest.insert(id.to_string(), (percent_decode(href), media));
+                    manifest.insert(
+                        id.to_string(),
+                        (
+                            percent_encoding::percent_decode_str(href)
+                                .decode_utf8_lossy()
+                                .into_owned(),
+                            media,
+                        ),
+                    );
                 }
             }
             XmlEvent::Open(el) if el.name == "itemref" && el.attr("linear") != Some("no") => {
@@ -45,9 +53,6 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
                     spine.push(id.to_string());
                 }
             }
-            XmlEvent::Open(el) if el.name == "title" && title.is_empty() => in_title = true,
-            XmlEvent::Close(name) if name == "title" => in_title = false,
-            XmlEvent::Text(text) if in_title => title.push_str(&text),
             _ => {}
         }
     }
@@ -82,28 +87,5 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
     }
     let warning = (!unreadable.is_empty())
         .then(|| format!("chapters that could not be read: {}", unreadable.join("; ")));
-    out.finish(Some(title), warning)
-}
-
-/// `%20` and friends in manifest hrefs.
-fn percent_decode(href: &str) -> String {
-    let bytes = href.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .ok_or(())
-            {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    out.finish(title, warning)
 }

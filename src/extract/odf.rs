@@ -8,7 +8,7 @@
 use super::archive::Archive;
 use super::markdown::MarkdownWriter;
 use super::sheet::{self, SparseSheet, MAX_CELLS};
-use super::xml::{events, walk, XmlEvent};
+use super::xml::{element_text, events, walk, XmlEvent};
 use super::{ExtractError, Extracted};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ impl Kind {
 pub fn extract(bytes: &[u8], kind: Kind) -> Result<Extracted, ExtractError> {
     let mut archive = Archive::open(bytes, kind.name())?;
     let title = match archive.read("meta.xml")? {
-        Some(xml) => meta_title(&xml)?,
+        Some(xml) => element_text(&events(&xml, "meta.xml")?, "title"),
         None => None,
     };
     let content = archive.require("content.xml")?;
@@ -47,21 +47,6 @@ pub fn extract(bytes: &[u8], kind: Kind) -> Result<Extracted, ExtractError> {
             out.finish(title, None)
         }
     }
-}
-
-fn meta_title(meta: &[u8]) -> Result<Option<String>, ExtractError> {
-    let mut in_title = false;
-    let mut title = String::new();
-    for event in events(meta, "meta.xml")? {
-        match event {
-            XmlEvent::Open(el) if el.name == "title" => in_title = true,
-            XmlEvent::Close(name) if name == "title" => in_title = false,
-            XmlEvent::Text(text) if in_title => title.push_str(&text),
-            _ => {}
-        }
-    }
-    let title = title.trim().to_string();
-    Ok((!title.is_empty()).then_some(title))
 }
 
 /// Text inside a paragraph: spans, links, `<text:s text:c="3"/>` spaces, tabs, breaks.

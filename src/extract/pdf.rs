@@ -222,9 +222,6 @@ enum FontText<'a> {
     Simple(SimpleFont),
     /// A composite font, through lopdf's CMap reading.
     Lopdf(Encoding<'a>),
-    /// Its ToUnicode CMap or encoding could not be read: a simple font's bytes are read
-    /// by its base encoding (WinAnsi, which the standard encodings agree with on letters).
-    BaseEncoding,
     /// A composite (CID) font without a readable CMap: its codes mean nothing readable.
     Unreadable,
 }
@@ -234,12 +231,6 @@ impl FontText<'_> {
         match self {
             FontText::Simple(font) => Some(font.decode(bytes)),
             FontText::Lopdf(encoding) => Document::decode_text(encoding, bytes).ok(),
-            FontText::BaseEncoding => Some(
-                encoding_rs::WINDOWS_1252
-                    .decode_without_bom_handling(bytes)
-                    .0
-                    .into_owned(),
-            ),
             FontText::Unreadable => None,
         }
     }
@@ -281,18 +272,11 @@ fn font_texts<'a>(
             let text = match font.get_font_encoding(doc) {
                 Ok(encoding) => FontText::Lopdf(encoding),
                 Err(err) => {
-                    let composite =
-                        font.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Type0");
-                    let label = String::from_utf8_lossy(&name).into_owned();
-                    if composite {
-                        problems.push(format!(
-                            "font {label} unreadable ({err}); its text is missing"
-                        ));
-                        FontText::Unreadable
-                    } else {
-                        problems.push(format!("font {label}: {err}; read by its base encoding"));
-                        FontText::BaseEncoding
-                    }
+                    problems.push(format!(
+                        "font {} unreadable ({err}); its text is missing",
+                        String::from_utf8_lossy(&name)
+                    ));
+                    FontText::Unreadable
                 }
             };
             (name, text)
@@ -311,14 +295,22 @@ fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Vec<String>),
     );
     let content = Content::decode(&strip_comments(&doc.get_page_content(page_id)?))?;
     let (resources, resource_ids) = doc.get_page_resources(page_id)?;
-    let mut xobjects: Vec<&Dictionary> = resources.into_iter().collect();
-    xobjects.extend(
+    let mut resource_dicts: Vec<&Dictionary> = resources.into_iter().collect();
+    resource_dicts.extend(
         resource_ids
             .iter()
             .filter_map(|id| doc.get_dictionary(*id).ok()),
     );
     let mut out = String::new();
-    run_content(doc, &content, &fonts, &xobjects, &mut out, &mut problems, 0);
+    run_content(
+        doc,
+        &content,
+        &fonts,
+        &resource_dicts,
+        &mut out,
+        &mut problems,
+        0,
+    );
     Ok((out, problems))
 }
 
@@ -416,12 +408,9 @@ fn run_content(
                 let Some(form) = find_xobject(doc, resources, name) else {
                     continue;
                 };
-                let Ok(data) = form
+                let data = form
                     .decompressed_content()
-                    .or_else(|_| Ok::<_, lopdf::Error>(form.content.clone()))
-                else {
-                    continue;
-                };
+                    .unwrap_or_else(|_| form.content.clone());
                 let Ok(inner) = Content::decode(&strip_comments(&data)) else {
                     problems.push("a form's content could not be parsed".into());
                     continue;

@@ -61,6 +61,7 @@ pub fn extract_xls(bytes: &[u8]) -> Result<Extracted, ExtractError> {
             .worksheet_range(&name)
             .map_err(|err| invalid("XLS", &err))?;
         let mut cells = SparseSheet::new();
+        let (r0, c0) = range.start().unwrap_or((0, 0));
         for (row, col, value) in range.used_cells() {
             if matches!(value, Data::Empty) {
                 continue;
@@ -73,7 +74,6 @@ pub fn extract_xls(bytes: &[u8]) -> Result<Extracted, ExtractError> {
             if cells_total > MAX_CELLS {
                 return Err(too_many_cells("XLS"));
             }
-            let (r0, c0) = range.start().unwrap_or((0, 0));
             cells
                 .entry(r0 + row as u32)
                 .or_default()

@@ -92,6 +92,23 @@ pub(super) fn events(xml: &[u8], what: &str) -> Result<Vec<XmlEvent>, ExtractErr
     Ok(out)
 }
 
+/// The trimmed text of the first element with this local name (a `dc:title`), if any.
+pub(super) fn element_text(events: &[XmlEvent], name: &str) -> Option<String> {
+    let start = events
+        .iter()
+        .position(|e| matches!(e, XmlEvent::Open(el) if el.name == name))?;
+    let mut text = String::new();
+    for event in &events[start + 1..] {
+        match event {
+            XmlEvent::Text(piece) => text.push_str(piece),
+            XmlEvent::Close(closed) if closed == name => break,
+            _ => {}
+        }
+    }
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
 fn local(name: &str) -> String {
     name.rsplit(':').next().unwrap_or(name).to_string()
 }
@@ -139,5 +156,15 @@ mod tests {
             })
         );
         assert_eq!(events[5], XmlEvent::Close("br".into()));
+        let meta = super::events(
+            b"<m><dc:title> A <b>bold</b> title </dc:title><title>second</title></m>",
+            "meta",
+        )
+        .unwrap();
+        assert_eq!(
+            element_text(&meta, "title").as_deref(),
+            Some("A bold title")
+        );
+        assert_eq!(element_text(&meta, "subject"), None);
     }
 }

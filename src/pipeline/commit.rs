@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::prepare::media_name;
 use super::{
     point_id, CommitStep, Ctx, EmbeddedBatch, FailureNote, Outcome, PlannedChange, PreparedDoc,
     SourceStats, MAX_ATTEMPTS,
@@ -117,7 +116,7 @@ pub(super) async fn commit_batches(
                 fingerprint: ctx.fingerprint.clone(),
                 status: DocStatus::Indexed,
                 reason: None,
-                media_type: Some(media_name(doc.media).to_string()),
+                media_type: Some(doc.media.name().to_string()),
                 collection: ctx.collection.clone(),
                 chunk_hashes: doc.chunks.iter().map(|c| c.hash.clone()).collect(),
                 point_ids: ids,
@@ -277,7 +276,7 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
         "page_end": chunk.page_end,
         "heading_path": chunk.heading_path,
         "title": doc.title,
-        "media_type": media_name(doc.media),
+        "media_type": doc.media.name(),
         "content_hash": doc.hash,
         "chunk_hash": chunk.hash,
         "fingerprint": ctx.fingerprint,
@@ -289,7 +288,7 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
     let mut map = map;
     if let Some((name, media)) = &chunk.part {
         map.insert("attachment".into(), name.clone().into());
-        map.insert("attachment_type".into(), media_name(*media).into());
+        map.insert("attachment_type".into(), media.name().into());
     }
     for (field, value) in &doc.metadata {
         // freshet's own fields win; config validation keeps names from clashing.

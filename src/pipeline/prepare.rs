@@ -58,7 +58,7 @@ impl Settled {
             fingerprint: ctx.fingerprint.clone(),
             status: self.status,
             reason: Some(self.reason),
-            media_type: self.media.map(|m| media_name(m).to_string()),
+            media_type: self.media.map(|m| m.name().to_string()),
             collection: ctx.collection.clone(),
             chunk_hashes: if keep.is_empty() {
                 Vec::new()
@@ -211,15 +211,11 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
                 DocStatus::Failed,
                 format!(
                     "the {} parser crashed on this document ({what}); please report it with the file",
-                    media_name(media)
+                    media.name()
                 ),
                 Some(hash),
                 Some(media),
             )
         }
     }
-}
-
-pub(super) fn media_name(media: MediaType) -> &'static str {
-    media.name()
 }

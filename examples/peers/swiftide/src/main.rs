@@ -310,8 +310,7 @@ fn report(dir: &Path) -> anyhow::Result<()> {
             r.rss_kib as f64 / 1024.0
         );
     }
-    for r in rows.iter().filter(|r| r.pipeline.is_some()) {
-        let p = r.pipeline.unwrap();
+    for (r, p) in rows.iter().filter_map(|r| r.pipeline.map(|p| (r, p))) {
         println!(
             "swiftide run {}: pipeline.run() alone {:.1} s ({:.0} embedded tokens/s); the rest of its wall time is process start, model load and writing the texts out",
             r.run,
@@ -319,8 +318,7 @@ fn report(dir: &Path) -> anyhow::Result<()> {
             r.embed_tokens as f64 / p
         );
     }
-    for r in rows.iter().filter(|r| r.sync.is_some()) {
-        let p = r.sync.unwrap();
+    for (r, p) in rows.iter().filter_map(|r| r.sync.map(|p| (r, p))) {
         println!(
             "freshet run {}: the sync's own duration_ms {:.1} s ({:.0} embedded tokens/s); the rest of its wall time is process start, config and model load, opening the store",
             r.run,
