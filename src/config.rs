@@ -41,6 +41,64 @@ pub struct Config {
     /// reranking.
     #[serde(default)]
     pub retrieval: RetrievalConfig,
+    /// How documents without a text layer of their own are read: OCR of images and
+    /// scanned PDF pages.
+    #[serde(default)]
+    pub extract: ExtractConfig,
+}
+
+/// Extraction beyond what a document's own bytes carry as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// "off" (default): images are skipped and image-only PDF pages named as missing.
+    /// "tesseract": they are read by Debian's tesseract (`scripts/provision --ocr`), and
+    /// their chunks carry `ocr = true`. Turning it on or off re-reads every document
+    /// (vectors of unchanged chunks are reused).
+    #[serde(default)]
+    pub ocr: OcrKind,
+    /// tesseract's languages, `+`-joined (`eng`, `eng+deu`); each needs Debian's
+    /// `tesseract-ocr-<lang>`.
+    #[serde(default = "default_ocr_languages")]
+    pub ocr_languages: String,
+    /// The resolution scanned PDF pages are rendered at for OCR (very large pages are
+    /// rendered lower, to stay within 60 million pixels).
+    #[serde(default = "default_ocr_dpi")]
+    pub ocr_dpi: u32,
+    /// Seconds one page or image may take to render or read before it is given up on.
+    #[serde(default = "default_ocr_timeout_s")]
+    pub ocr_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OcrKind {
+    #[default]
+    Off,
+    Tesseract,
+}
+
+fn default_ocr_languages() -> String {
+    "eng".into()
+}
+
+const fn default_ocr_dpi() -> u32 {
+    300
+}
+
+const fn default_ocr_timeout_s() -> u64 {
+    120
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self {
+            ocr: OcrKind::Off,
+            ocr_languages: default_ocr_languages(),
+            ocr_dpi: default_ocr_dpi(),
+            ocr_timeout_s: default_ocr_timeout_s(),
+        }
+    }
 }
 
 /// Retrieval: what the index holds beside the dense vectors, and how queries rank.
@@ -912,6 +970,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             ledger: LedgerConfig::default(),
             retrieval: RetrievalConfig::default(),
+            extract: ExtractConfig::default(),
         }
     }
 }
@@ -1195,6 +1254,20 @@ impl Config {
             return invalid(
                 "retrieval.rrf_k, retrieval.candidates and retrieval.rerank_top_n must be at least 1"
                     .into(),
+            );
+        }
+        let extract = &self.extract;
+        let language =
+            |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !extract.ocr_languages.split('+').all(language) {
+            return invalid(format!(
+                "extract.ocr_languages = {:?} must be tesseract language codes joined by `+` (\"eng\", \"eng+deu\")",
+                extract.ocr_languages
+            ));
+        }
+        if !(50..=1200).contains(&extract.ocr_dpi) || extract.ocr_timeout_s == 0 {
+            return invalid(
+                "extract.ocr_dpi must be 50 to 1200 and extract.ocr_timeout_s at least 1".into(),
             );
         }
         // Two tokens for [CLS] and [SEP]: a chunk must reach the model whole.

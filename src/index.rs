@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::chunk::Chunker;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, OcrKind};
 use crate::embed::Embedder;
-use crate::extract::EXTRACTOR_VERSION;
+use crate::extract::{ExtractOptions, Ocr, EXTRACTOR_VERSION};
 use crate::ledger::{Leases, Ledger};
 use crate::rerank::Reranker;
 use crate::sparse::Bm25Encoder;
@@ -109,6 +109,8 @@ pub struct Index {
     /// The cross-encoder, loaded at the first query that reranks.
     reranker: tokio::sync::OnceCell<Arc<Reranker>>,
     pub chunker: Arc<Chunker>,
+    /// How documents are read beyond their own text (OCR).
+    pub extract: ExtractOptions,
     /// Where collections live and which one applications query.
     pub catalog: Arc<dyn Catalog>,
     /// This model's collection.
@@ -148,6 +150,7 @@ impl Index {
             })?;
             None
         };
+        let extract = extract_options(&config)?;
         let catalog = crate::store::connect(&config).await?;
         let embedder = load_embedder(&config).await?;
         let (ledger, leases) = crate::ledger::open(&config).await?;
@@ -186,6 +189,7 @@ impl Index {
             ledger,
             leases,
             chunker: Arc::new(Chunker::new(embedder.tokens(), config.chunking.clone())),
+            extract,
             embedder,
             sparse: bm25_encoder(&info),
             reranker: tokio::sync::OnceCell::new(),
@@ -239,6 +243,8 @@ impl Index {
             ledger,
             leases,
             chunker: Arc::new(Chunker::new(embedder.tokens(), config.chunking.clone())),
+            // Queries read no documents.
+            extract: ExtractOptions::default(),
             embedder,
             sparse: bm25_encoder(&info),
             reranker: tokio::sync::OnceCell::new(),
@@ -305,7 +311,8 @@ impl Index {
         self.published.load(Ordering::SeqCst)
     }
 
-    /// Everything that decides what a document's points look like.
+    /// Everything that decides what a document's points look like, for documents the
+    /// extraction options do not apply to (see [`ExtractOptions::apply_to`]).
     pub fn fingerprint(&self) -> String {
         let sparse = match self.info.sparse {
             // The BM25 settings are fastembed's `Qdrant/bm25` defaults (see crate::sparse).
@@ -317,8 +324,14 @@ impl Index {
             "extractor=v{EXTRACTOR_VERSION};{};model={};dim={}{sparse}",
             self.chunker.fingerprint(),
             self.info.model_id,
-            self.info.dim
+            self.info.dim,
         )
+    }
+
+    /// The fingerprint of documents the extraction options apply to: turning OCR on
+    /// re-reads scans and images, not the whole corpus.
+    pub fn read_fingerprint(&self) -> String {
+        self.fingerprint() + &self.extract.fingerprint()
     }
 
     /// The mode a query uses when none is asked for: hybrid where the index keeps a
@@ -494,6 +507,24 @@ pub struct QueryOptions {
     /// `None`: rerank when a reranker is configured.
     pub rerank: Option<bool>,
     pub filter: Option<Filter>,
+}
+
+/// The extraction options a sync runs with; asking for OCR without a working tesseract
+/// stops here, before anything is read.
+fn extract_options(config: &Config) -> Result<ExtractOptions> {
+    let extract = &config.extract;
+    let ocr = match extract.ocr {
+        OcrKind::Off => None,
+        OcrKind::Tesseract => Some(
+            Ocr::detect(
+                &extract.ocr_languages,
+                extract.ocr_dpi,
+                std::time::Duration::from_secs(extract.ocr_timeout_s),
+            )
+            .map_err(ConfigError::Invalid)?,
+        ),
+    };
+    Ok(ExtractOptions { ocr })
 }
 
 /// The BM25 encoder a collection that keeps BM25 vectors needs.

@@ -10,7 +10,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use common::{points, str_field, Workspace};
-use freshet::extract::{extract, ExtractError, MediaType};
+use freshet::config::OcrKind;
+use freshet::extract::{extract, extract_with, ExtractError, ExtractOptions, MediaType, Ocr};
 use freshet::ledger::DocStatus;
 use freshet::pipeline::SyncOptions;
 use freshet::store::Payload;
@@ -222,6 +223,181 @@ async fn one_real_file_of_each_format_is_indexed_with_its_structure_and_found() 
                 .map(|h| str_field(&h.payload, "doc_key"))
                 .collect::<Vec<_>>()
         );
+    }
+}
+
+/// A working tesseract, or `None` (the test says it skipped) unless `FRESHET_REQUIRE_OCR`
+/// is set, as `scripts/test` sets it after `scripts/provision --ocr`.
+fn tesseract(test: &str) -> Option<Ocr> {
+    match Ocr::detect("eng", 300, std::time::Duration::from_secs(120)) {
+        Ok(ocr) => Some(ocr),
+        Err(err) if std::env::var_os("FRESHET_REQUIRE_OCR").is_some() => panic!("{test}: {err}"),
+        Err(err) => {
+            eprintln!("{test}: SKIPPED (no OCR: {err})");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_and_images_are_read_by_ocr_only_when_asked_for() {
+    let Some(fx) = fixtures("ocr") else {
+        return;
+    };
+    let Some(ocr) = tesseract("ocr") else {
+        return;
+    };
+    let resources = fx.join("ocrmypdf-16.5.0/tests/resources");
+    let ws = Workspace::empty();
+    // A scanned product sheet (one image page), a typed recipe photographed, and a PDF
+    // whose fourth page has a text layer and whose other five are images: photos, a
+    // diagram, a scanned page.
+    for (from, to) in [
+        ("linn.pdf", "linn.pdf"),
+        ("typewriter.png", "recipe.png"),
+        ("multipage.pdf", "multipage.pdf"),
+    ] {
+        std::fs::copy(resources.join(from), ws.corpus().join(to)).unwrap();
+    }
+    std::fs::write(
+        ws.corpus().join("notes.md"),
+        "# Notes\n\nPlain text beside scans.",
+    )
+    .unwrap();
+
+    // Without OCR: the scan fails naming the setting, the image is skipped unread, and
+    // the mixed PDF keeps its text page and names the image pages it is missing.
+    let index = ws.open().await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "completed_with_failures", "{report:#?}");
+    let row = |index: &freshet::index::Index, key: &'static str| {
+        let ledger = index.ledger.clone();
+        async move { ledger.get("docs", key).await.unwrap().unwrap() }
+    };
+    let linn = row(&index, "linn.pdf").await;
+    assert_eq!(linn.status, DocStatus::Failed);
+    assert!(
+        linn.reason
+            .as_deref()
+            .unwrap()
+            .contains("extract.ocr = \"tesseract\""),
+        "{:?}",
+        linn.reason
+    );
+    let recipe = row(&index, "recipe.png").await;
+    assert_eq!(recipe.status, DocStatus::Skipped);
+    assert!(
+        recipe.reason.as_deref().unwrap().contains("OCR"),
+        "{:?}",
+        recipe.reason
+    );
+    let mixed = row(&index, "multipage.pdf").await;
+    assert_eq!(mixed.status, DocStatus::Indexed, "{:?}", mixed.reason);
+    let warning = mixed.decode_warning.unwrap();
+    assert!(
+        warning.contains("5 of 6 pages are images without a text layer"),
+        "{warning}"
+    );
+    let before = points(&index).await;
+    assert!(before.values().all(|p| p.get("ocr").is_none()));
+
+    let notes_before = row(&index, "notes.md").await;
+    drop(index);
+
+    // With OCR: the PDFs and the image are read again (their fingerprint names
+    // tesseract), the Markdown is not; the scan and the image are indexed with
+    // `ocr = true`, and the text page of the mixed PDF is still its own text layer.
+    let mut config = ws.config();
+    config.extract.ocr = OcrKind::Tesseract;
+    let index = ws.open_with(config).await;
+    let report = index.sync(&SyncOptions::default()).await.unwrap();
+    assert_eq!(report.status, "completed", "{report:#?}");
+    assert_eq!(
+        (
+            report.totals.unchanged,
+            report.totals.added + report.totals.updated
+        ),
+        (1, 3),
+        "{report:#?}"
+    );
+    for key in ["linn.pdf", "recipe.png", "multipage.pdf"] {
+        let row = row(&index, key).await;
+        assert_eq!(row.status, DocStatus::Indexed, "{key}: {:?}", row.reason);
+        assert!(row
+            .fingerprint
+            .contains(&format!(";ocr={}", ocr.fingerprint())));
+    }
+    let notes = row(&index, "notes.md").await;
+    assert_eq!(notes.fingerprint, notes_before.fingerprint);
+    assert_eq!(notes.point_ids, notes_before.point_ids);
+    let all = points(&index).await;
+    let of = |key: &str| -> Vec<&Payload> {
+        all.values()
+            .filter(|p| str_field(p, "doc_key") == key)
+            .collect()
+    };
+    let linn = of("linn.pdf");
+    assert!(linn
+        .iter()
+        .all(|p| p["ocr"] == true && p["ocr_pages"] == serde_json::json!([1])));
+    let linn_text: String = linn.iter().map(|p| str_field(p, "text")).collect();
+    assert!(linn_text.contains("The LinnSequencer"), "{linn_text}");
+    assert!(
+        linn_text.contains("32 Track MIDI Sequence Recorder"),
+        "{linn_text}"
+    );
+    assert!(linn
+        .iter()
+        .all(|p| p["ocr_confidence"].as_u64().unwrap() >= 80));
+    let recipe: String = of("recipe.png")
+        .iter()
+        .map(|p| str_field(p, "text"))
+        .collect();
+    assert!(recipe.contains("Linzensoep"), "{recipe}");
+    // The text page is read from its text layer, not by OCR, and its chunks say so.
+    let mixed = of("multipage.pdf");
+    assert!(mixed.iter().any(|p| p["ocr"] == true));
+    assert!(mixed
+        .iter()
+        .filter(|p| p["page"] == 4 && p["page_end"] == 4)
+        .all(|p| p["ocr"] == false));
+    let ocr_pages: Vec<u64> = mixed[0]["ocr_pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        !ocr_pages.contains(&4) && !ocr_pages.is_empty(),
+        "{ocr_pages:?}"
+    );
+    assert!(mixed.iter().any(|p| p["page"].as_u64().unwrap() <= 4
+        && p["page_end"].as_u64().unwrap() >= 4
+        && str_field(p, "text").contains("No vote")));
+    assert!(of("notes.md").iter().all(|p| p.get("ocr").is_none()));
+
+    // Found by what the scan says.
+    let hits = index
+        .query("32 track MIDI sequence recorder", 3, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        str_field(&hits[0].payload, "doc_key"),
+        "linn.pdf",
+        "{hits:?}"
+    );
+
+    // An image that claims 100,000 x 100,000 pixels is refused before tesseract sees it.
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend(100_000u32.to_be_bytes());
+    png.extend(100_000u32.to_be_bytes());
+    png.extend([8, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let options = ExtractOptions { ocr: Some(ocr) };
+    match extract_with(&png, MediaType::Image, &options) {
+        Err(ExtractError::Invalid(reason)) => {
+            assert!(reason.contains("100000x100000"), "{reason}")
+        }
+        other => panic!("{other:?}"),
     }
 }
 

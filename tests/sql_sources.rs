@@ -288,7 +288,12 @@ async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32
     assert_eq!(first.totals.added, 3, "{first:#?}");
     assert!(index
         .ledger
-        .cursor("rows", "rows", None, &index.fingerprint())
+        .cursor(
+            "rows",
+            "rows",
+            None,
+            &[index.fingerprint(), index.read_fingerprint()]
+        )
         .await
         .unwrap()
         .is_some());

@@ -9,19 +9,19 @@
 use mail_parser::{Address, MessageParser, MimeHeaders, PartType};
 
 use super::markdown::MarkdownWriter;
-use super::{extract as extract_any, ExtractError, Extracted, MediaType, Part};
+use super::{extract_with, ExtractError, ExtractOptions, Extracted, MediaType, Part};
 
 /// Forwarded messages inside forwarded messages: deeper ones are not opened.
 const MAX_DEPTH: usize = 3;
 
-pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
+pub fn extract(bytes: &[u8], options: &ExtractOptions) -> Result<Extracted, ExtractError> {
     let message = MessageParser::default().parse(bytes).ok_or_else(|| {
         ExtractError::Invalid("not a readable email message (no headers); exclude it".into())
     })?;
     let mut out = MarkdownWriter::default();
     let mut problems: Vec<String> = Vec::new();
     let mut parts = Vec::new();
-    write_message(&message, &mut out, &mut parts, &mut problems, 0);
+    write_message(&message, options, &mut out, &mut parts, &mut problems, 0);
     let subject = message.subject().map(str::to_string);
     let mut doc = out.finish(
         subject.clone(),
@@ -61,6 +61,7 @@ fn addresses(address: &Address) -> String {
 
 fn write_message(
     message: &mail_parser::Message,
+    options: &ExtractOptions,
     out: &mut MarkdownWriter,
     parts: &mut Vec<Part>,
     problems: &mut Vec<String>,
@@ -87,13 +88,13 @@ fn write_message(
                 1,
                 &format!("Attachment: {}", inner.subject().unwrap_or(&name)),
             );
-            write_message(inner, out, parts, problems, depth + 1);
+            write_message(inner, options, out, parts, problems, depth + 1);
             continue;
         }
         let Some(media) = MediaType::from_key(&name).filter(|m| *m != MediaType::Email) else {
             continue;
         };
-        match extract_any(part.contents(), media) {
+        match extract_with(part.contents(), media, options) {
             Ok(doc) => parts.push(Part { name, media, doc }),
             Err(ExtractError::Skip(_)) => {}
             Err(ExtractError::Invalid(reason)) => {

@@ -1,8 +1,8 @@
 //! Bytes + media type -> clean text with provenance (page starts, heading paths).
 //!
-//! Invariant: extraction is a pure function of (bytes, media type, [`EXTRACTOR_VERSION`]);
-//! the same input always yields the same text, and every offset it reports points at a
-//! `char` boundary of that text.
+//! Invariant: extraction is a pure function of (bytes, media type, [`EXTRACTOR_VERSION`],
+//! [`ExtractOptions::fingerprint`]); the same input always yields the same text, and every
+//! offset it reports points at a `char` boundary of that text.
 
 mod archive;
 mod docx;
@@ -10,6 +10,7 @@ mod email;
 mod epub;
 mod html;
 mod markdown;
+mod ocr;
 mod odf;
 mod pdf;
 mod pdf_font;
@@ -20,6 +21,7 @@ mod xml;
 
 use serde::Serialize;
 
+pub use ocr::Ocr;
 pub use text::{decode_text, normalize, Decoded};
 
 /// Bumped whenever extraction output can change for the same bytes; part of the pipeline
@@ -45,6 +47,8 @@ pub enum MediaType {
     Ods,
     Epub,
     Email,
+    /// Read only by OCR ([`ExtractOptions::ocr`]); skipped without it.
+    Image,
 }
 
 impl MediaType {
@@ -65,6 +69,7 @@ impl MediaType {
             "ods" => MediaType::Ods,
             "epub" => MediaType::Epub,
             "email" => MediaType::Email,
+            "image" => MediaType::Image,
             _ => return None,
         })
     }
@@ -86,6 +91,7 @@ impl MediaType {
             MediaType::Ods => "ods",
             MediaType::Epub => "epub",
             MediaType::Email => "email",
+            MediaType::Image => "image",
         }
     }
 
@@ -119,6 +125,8 @@ impl MediaType {
             "ods" => MediaType::Ods,
             "epub" => MediaType::Epub,
             "eml" => MediaType::Email,
+            "png" | "jpg" | "jpeg" | "jpe" | "tif" | "tiff" | "bmp" | "gif" | "webp" | "pbm"
+            | "pgm" | "ppm" | "pnm" => MediaType::Image,
             "rs" | "py" | "pyi" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "java"
             | "kt" | "kts" | "scala" | "c" | "h" | "cc" | "cpp" | "cxx" | "hpp" | "hh" | "cs"
             | "rb" | "php" | "swift" | "m" | "mm" | "sh" | "bash" | "zsh" | "fish" | "ps1"
@@ -136,7 +144,7 @@ impl MediaType {
         // HTML and the structured formats are rendered to Markdown during extraction.
         !matches!(
             self,
-            MediaType::PlainText | MediaType::Code | MediaType::Pdf
+            MediaType::PlainText | MediaType::Code | MediaType::Pdf | MediaType::Image
         )
     }
 }
@@ -199,15 +207,60 @@ pub enum ExtractError {
     Invalid(String),
 }
 
-/// Extracts clean text. Pure and CPU-bound: call it off the async runtime.
+/// How extraction reads what has no text of its own: scanned pages and images.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExtractOptions {
+    /// OCR for images and for PDF pages that are only images; `None` leaves them out.
+    pub ocr: Option<Ocr>,
+}
+
+impl ExtractOptions {
+    /// What these options add to the fingerprint of a document they apply to (empty for
+    /// the defaults, so indexes built without OCR keep theirs).
+    pub fn fingerprint(&self) -> String {
+        match &self.ocr {
+            Some(ocr) => format!(";ocr={}", ocr.fingerprint()),
+            None => String::new(),
+        }
+    }
+
+    /// Whether these options can change what a document of this type yields: turning OCR
+    /// on or off re-reads PDFs, images and emails (their attachments), nothing else.
+    pub fn apply_to(media: MediaType) -> bool {
+        matches!(media, MediaType::Pdf | MediaType::Image | MediaType::Email)
+    }
+
+    /// Why a document of this type is skipped without being read, under these options.
+    pub fn skip_unread(&self, media: MediaType) -> Option<String> {
+        (media == MediaType::Image && self.ocr.is_none()).then(|| {
+            "an image: its text is read only by OCR; set extract.ocr = \"tesseract\" to index it, or add it to `exclude` to silence this".to_string()
+        })
+    }
+}
+
+/// Extracts clean text with the default options (no OCR).
 pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError> {
+    extract_with(bytes, media, &ExtractOptions::default())
+}
+
+/// Extracts clean text. Pure (OCR included: the same tesseract reads the same image the
+/// same way) and CPU-bound: call it off the async runtime.
+pub fn extract_with(
+    bytes: &[u8],
+    media: MediaType,
+    options: &ExtractOptions,
+) -> Result<Extracted, ExtractError> {
     if bytes.is_empty() {
         return Err(ExtractError::Skip(
             "empty file (0 bytes): nothing to index".into(),
         ));
     }
+    if let Some(reason) = options.skip_unread(media) {
+        return Err(ExtractError::Skip(reason));
+    }
     let extracted = match media {
-        MediaType::Pdf => pdf::extract(bytes)?,
+        MediaType::Pdf => pdf::extract(bytes, options.ocr.as_ref())?,
+        MediaType::Image => image(bytes, options.ocr.as_ref().expect("skipped without OCR"))?,
         MediaType::Html => html::extract(bytes)?,
         MediaType::Docx => docx::extract(bytes)?,
         MediaType::Odt => odf::extract(bytes, odf::Kind::Text)?,
@@ -217,7 +270,7 @@ pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError
         MediaType::Xls => sheet::extract_xls(bytes)?,
         MediaType::Ods => odf::extract(bytes, odf::Kind::Spreadsheet)?,
         MediaType::Epub => epub::extract(bytes)?,
-        MediaType::Email => email::extract(bytes)?,
+        MediaType::Email => email::extract(bytes, options)?,
         MediaType::Markdown | MediaType::PlainText | MediaType::Code => {
             let decoded = decode_text(bytes)?;
             let text = normalize(&decoded.text, media != MediaType::Code);
@@ -247,6 +300,45 @@ pub fn extract(bytes: &[u8], media: MediaType) -> Result<Extracted, ExtractError
         ));
     }
     Ok(extracted)
+}
+
+/// An image's text by OCR: one page per image (a multi-page TIFF has several).
+fn image(bytes: &[u8], ocr: &Ocr) -> Result<Extracted, ExtractError> {
+    let read = ocr
+        .image(bytes)
+        .map_err(|e| ExtractError::Invalid(format!("OCR: {e}")))?;
+    if read.pages.is_empty() {
+        return Err(ExtractError::Skip(format!(
+            "no legible text found by OCR ({})",
+            read.refused.join("; ")
+        )));
+    }
+    let mut text = String::new();
+    let mut page_starts = Vec::new();
+    for (number, page) in &read.pages {
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        page_starts.push((text.len(), *number));
+        text.push_str(&normalize(page, true));
+    }
+    let mut metadata = serde_json::Map::new();
+    ocr::note(&mut metadata, read.confidence, None);
+    Ok(Extracted {
+        text,
+        // A single image is one page; numbering it would say nothing.
+        page_starts: if read.pages.len() > 1 {
+            page_starts
+        } else {
+            Vec::new()
+        },
+        sections: Vec::new(),
+        title: None,
+        decode_warning: (!read.refused.is_empty())
+            .then(|| format!("OCR left out {}", read.refused.join("; "))),
+        metadata,
+        parts: Vec::new(),
+    })
 }
 
 /// Heading paths of ATX headings (`# Title`) outside fenced code blocks.
@@ -306,7 +398,8 @@ mod tests {
         assert_eq!(MediaType::from_key("src/main.rs"), Some(MediaType::Code));
         assert_eq!(MediaType::from_key("doc.pdf"), Some(MediaType::Pdf));
         assert_eq!(MediaType::from_key("LICENSE"), Some(MediaType::PlainText));
-        assert_eq!(MediaType::from_key("photo.jpg"), None);
+        assert_eq!(MediaType::from_key("photo.JPG"), Some(MediaType::Image));
+        assert_eq!(MediaType::from_key("photo.heic"), None);
         assert_eq!(MediaType::from_key("archive.tar.gz"), None);
     }
 
@@ -353,5 +446,19 @@ mod tests {
             extract(b"  \n\n\t ", MediaType::Markdown),
             Err(ExtractError::Skip(_))
         ));
+    }
+
+    #[test]
+    fn images_are_skipped_unread_without_ocr() {
+        let reason = ExtractOptions::default()
+            .skip_unread(MediaType::Image)
+            .unwrap();
+        assert!(reason.contains("extract.ocr"), "{reason}");
+        assert_eq!(ExtractOptions::default().skip_unread(MediaType::Pdf), None);
+        assert!(matches!(
+            extract(b"\x89PNG....", MediaType::Image),
+            Err(ExtractError::Skip(_))
+        ));
+        assert_eq!(ExtractOptions::default().fingerprint(), "");
     }
 }

@@ -4,13 +4,16 @@
 //! degrades that font's text only (its base encoding stands in for an unreadable CMap), a
 //! damaged cross-reference table is rebuilt by scanning for objects, a PDF whose user
 //! password is empty opens as every viewer opens it, and what still cannot be read (a real
-//! password, image-only pages) is refused or flagged with a reason, never indexed as noise.
+//! password, image-only pages without OCR) is refused or flagged with a reason, never
+//! indexed as noise. With OCR, pages that draw images but carry no text, and pages whose
+//! fonts map to no Unicode, are rendered and read by tesseract instead.
 
 use std::collections::BTreeMap;
 
 use lopdf::content::Content;
 use lopdf::{Dictionary, Document, Encoding, Object, ObjectId};
 
+use super::ocr::Ocr;
 use super::pdf_font::SimpleFont;
 use super::text::normalize;
 use super::{ExtractError, Extracted};
@@ -18,7 +21,10 @@ use super::{ExtractError, Extracted};
 /// How deep Form XObjects may nest inside one another before the rest is skipped.
 const MAX_FORM_DEPTH: usize = 8;
 
-pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
+/// Pages OCR reads in one document at most; later image-only pages are named as missing.
+const MAX_OCR_PAGES: usize = 2_000;
+
+pub fn extract(bytes: &[u8], ocr: Option<&Ocr>) -> Result<Extracted, ExtractError> {
     let (doc, repaired) = load(bytes)?;
     // lopdf opens an encrypted PDF with the empty user password as it loads it; a state
     // left unset means a real password is needed.
@@ -33,20 +39,31 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
             "PDF has no pages (damaged?); re-export it or exclude it".into(),
         ));
     }
-    let mut text = String::new();
-    let mut page_starts = Vec::new();
+    let mut texts: Vec<(u32, String)> = Vec::new();
     let mut failed_pages = Vec::new();
     let mut font_problems = Vec::new();
+    // Pages that draw images but carry no text, and pages whose fonts map to no Unicode:
+    // what OCR can read.
+    let mut image_only = Vec::new();
+    let mut unmapped = Vec::new();
     for (&number, &page_id) in &pages {
         match page_text(&doc, page_id) {
-            Ok((page_text, problems)) => {
-                font_problems.extend(problems.into_iter().map(|p| format!("page {number}: {p}")));
+            Ok((page_text, notes)) => {
+                font_problems.extend(
+                    notes
+                        .problems
+                        .into_iter()
+                        .map(|p| format!("page {number}: {p}")),
+                );
                 let page_text = normalize(&page_text, true);
                 if page_text.trim().is_empty() {
+                    if notes.images > 0 {
+                        image_only.push(number);
+                    }
                     continue;
                 }
                 // Codes no font maps to text come out as U+FFFD: such a page is garbage,
-                // not text, and is left out.
+                // not text, and is left out (or read by OCR).
                 let visible = page_text
                     .chars()
                     .filter(|c| !c.is_whitespace())
@@ -54,33 +71,78 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
                     .max(1);
                 let replaced = page_text.chars().filter(|c| *c == '\u{fffd}').count();
                 if replaced * 10 > visible {
-                    failed_pages.push(format!(
+                    unmapped.push((number, format!(
                         "page {number}: {replaced} of {visible} characters have no Unicode mapping in their fonts"
-                    ));
+                    )));
                     continue;
                 }
-                if !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                page_starts.push((text.len(), number));
-                text.push_str(&page_text);
+                texts.push((number, page_text));
             }
             Err(err) => failed_pages.push(format!("page {number}: {err}")),
         }
     }
+    let mut warnings = Vec::new();
+    let mut metadata = serde_json::Map::new();
+    match ocr {
+        Some(ocr) if !image_only.is_empty() || !unmapped.is_empty() => {
+            let mut wanted: Vec<(u32, Option<String>)> = image_only
+                .iter()
+                .map(|n| (*n, None))
+                .chain(unmapped.into_iter().map(|(n, why)| (n, Some(why))))
+                .collect();
+            wanted.sort();
+            let read = ocr_pages(bytes, &doc, &pages, &wanted, ocr)?;
+            failed_pages.extend(read.failed);
+            if !read.refused.is_empty() {
+                warnings.push(format!("OCR left out {}", read.refused.join("; ")));
+            }
+            if !read.pages.is_empty() {
+                let numbers: Vec<u32> = read.pages.iter().map(|(n, _)| *n).collect();
+                super::ocr::note(&mut metadata, read.confidence, Some(&numbers));
+                texts.extend(read.pages);
+                texts.sort_by_key(|(n, _)| *n);
+            }
+        }
+        _ => {
+            failed_pages.extend(unmapped.into_iter().map(|(_, why)| why));
+            if !image_only.is_empty() && !texts.is_empty() {
+                warnings.push(format!(
+                    "{} of {} pages are images without a text layer and are missing ({}); set extract.ocr = \"tesseract\" to read them",
+                    image_only.len(),
+                    pages.len(),
+                    page_list(&image_only)
+                ));
+            }
+        }
+    }
+    let mut text = String::new();
+    let mut page_starts = Vec::new();
+    for (number, page_text) in texts {
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        page_starts.push((text.len(), number));
+        text.push_str(&page_text);
+    }
     if text.trim().is_empty() {
-        return Err(if failed_pages.is_empty() {
+        return Err(if !image_only.is_empty() && ocr.is_none() {
+            ExtractError::Invalid(format!(
+                "PDF has no text layer: its {} pages are images (scanned?); set extract.ocr = \"tesseract\" (after `scripts/provision --ocr`) to read it by OCR, or exclude it",
+                image_only.len()
+            ))
+        } else if failed_pages.is_empty() && warnings.is_empty() {
             ExtractError::Invalid(
-                "PDF has no text layer (scanned images?); run OCR on it (e.g. ocrmypdf) or exclude it".into(),
+                "PDF has no text layer and draws no images (blank or vector drawings only); exclude it".into(),
             )
         } else {
+            let mut reasons = failed_pages.clone();
+            reasons.extend(warnings.iter().cloned());
             ExtractError::Invalid(format!(
                 "no page of the PDF could be read ({}); re-export it or exclude it",
-                failed_pages.join("; ")
+                reasons.join("; ")
             ))
         });
     }
-    let mut warnings = Vec::new();
     if repaired {
         warnings.push(
             "damaged cross-reference table; rebuilt by scanning the file for objects".to_string(),
@@ -115,9 +177,126 @@ pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
         sections: Vec::new(),
         title,
         decode_warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
-        metadata: Default::default(),
+        metadata,
         parts: Vec::new(),
     })
+}
+
+/// What OCR made of a document's image pages.
+struct OcrPages {
+    pages: Vec<(u32, String)>,
+    refused: Vec<String>,
+    failed: Vec<String>,
+    confidence: f32,
+}
+
+/// Renders and reads each wanted page (with the reason it has no usable text layer, when
+/// it has one that is garbage); the file is handed to the renderer as it is.
+fn ocr_pages(
+    bytes: &[u8],
+    doc: &Document,
+    pages: &BTreeMap<u32, ObjectId>,
+    wanted: &[(u32, Option<String>)],
+    ocr: &Ocr,
+) -> Result<OcrPages, ExtractError> {
+    let mut file = tempfile::NamedTempFile::new()
+        .map_err(|e| ExtractError::Invalid(format!("OCR: no temporary file: {e}")))?;
+    std::io::Write::write_all(&mut file, bytes)
+        .map_err(|e| ExtractError::Invalid(format!("OCR: cannot write a temporary file: {e}")))?;
+    let mut out = OcrPages {
+        pages: Vec::new(),
+        refused: Vec::new(),
+        failed: Vec::new(),
+        confidence: 0.0,
+    };
+    let (mut weight, mut chars) = (0.0f32, 0usize);
+    for (i, (number, garbled)) in wanted.iter().enumerate() {
+        if i == MAX_OCR_PAGES {
+            let rest: Vec<u32> = wanted[i..].iter().map(|(n, _)| *n).collect();
+            out.failed.push(format!(
+                "{} more image pages not read: OCR reads {MAX_OCR_PAGES} pages of one document at most ({})",
+                rest.len(),
+                page_list(&rest)
+            ));
+            break;
+        }
+        let size = page_size(doc, pages[number]);
+        match ocr.pdf_page(file.path(), *number, size) {
+            Ok(read) => {
+                for (page, text) in read.pages {
+                    let n = text.chars().filter(|c| !c.is_whitespace()).count();
+                    weight += read.confidence * n as f32;
+                    chars += n;
+                    out.pages.push((page, normalize(&text, true)));
+                }
+                if let Some(why) = garbled.as_ref().filter(|_| !read.refused.is_empty()) {
+                    out.failed.push(why.clone());
+                }
+                out.refused.extend(read.refused);
+            }
+            Err(err) => out.failed.push(format!(
+                "page {number}: {}OCR: {err}",
+                garbled
+                    .as_ref()
+                    .map(|w| format!("{w}; "))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    out.confidence = weight / chars.max(1) as f32;
+    Ok(out)
+}
+
+/// A page's size in points, from its own or an inherited MediaBox (US Letter if none).
+fn page_size(doc: &Document, page_id: ObjectId) -> (f64, f64) {
+    let mut id = Some(page_id);
+    for _ in 0..32 {
+        let Some(dict) = id.and_then(|i| doc.get_dictionary(i).ok()) else {
+            break;
+        };
+        let bbox = dict
+            .get(b"MediaBox")
+            .ok()
+            .and_then(|o| doc.dereference(o).ok())
+            .and_then(|(_, o)| o.as_array().ok());
+        if let Some(bbox) = bbox {
+            let n: Vec<f64> = bbox
+                .iter()
+                .filter_map(|o| {
+                    o.as_float()
+                        .ok()
+                        .map(f64::from)
+                        .or_else(|| o.as_i64().ok().map(|i| i as f64))
+                })
+                .collect();
+            if n.len() == 4 {
+                return ((n[2] - n[0]).abs(), (n[3] - n[1]).abs());
+            }
+        }
+        id = dict.get(b"Parent").and_then(Object::as_reference).ok();
+    }
+    (612.0, 792.0)
+}
+
+/// "1-3, 7, 9-10".
+fn page_list(pages: &[u32]) -> String {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == p => *end = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    runs.iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Loads the document; a damaged cross-reference table is rebuilt by scanning (`true`).
@@ -284,14 +463,23 @@ fn font_texts<'a>(
         .collect()
 }
 
+/// What a page's content walk noticed besides its text.
+#[derive(Default)]
+struct Notes {
+    /// Fonts and forms read in part.
+    problems: Vec<String>,
+    /// Images drawn (XObjects and inline), at any form depth.
+    images: usize,
+}
+
 /// A page's text in content order, with spaces and line breaks from the text operators'
 /// positioning, and the text of the Form XObjects it draws.
-fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Vec<String>), lopdf::Error> {
-    let mut problems = Vec::new();
+fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Notes), lopdf::Error> {
+    let mut notes = Notes::default();
     let fonts = font_texts(
         doc,
         doc.get_page_fonts(page_id).unwrap_or_default(),
-        &mut problems,
+        &mut notes.problems,
     );
     let content = Content::decode(&strip_comments(&doc.get_page_content(page_id)?))?;
     let (resources, resource_ids) = doc.get_page_resources(page_id)?;
@@ -308,10 +496,10 @@ fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Vec<String>),
         &fonts,
         &resource_dicts,
         &mut out,
-        &mut problems,
+        &mut notes,
         0,
     );
-    Ok((out, problems))
+    Ok((out, notes))
 }
 
 fn run_content(
@@ -320,7 +508,7 @@ fn run_content(
     fonts: &BTreeMap<Vec<u8>, FontText>,
     resources: &[&Dictionary],
     out: &mut String,
-    problems: &mut Vec<String>,
+    notes: &mut Notes,
     depth: usize,
 ) {
     let mut font: Option<&FontText> = None;
@@ -401,6 +589,7 @@ fn run_content(
                     }
                 }
             }
+            "BI" => notes.images += 1,
             "Do" if depth < MAX_FORM_DEPTH => {
                 let Some(name) = operands.first().and_then(|o| o.as_name().ok()) else {
                     continue;
@@ -408,11 +597,21 @@ fn run_content(
                 let Some(form) = find_xobject(doc, resources, name) else {
                     continue;
                 };
+                match form.dict.get(b"Subtype").and_then(Object::as_name) {
+                    Ok(b"Form") => {}
+                    Ok(b"Image") => {
+                        notes.images += 1;
+                        continue;
+                    }
+                    _ => continue,
+                }
                 let data = form
                     .decompressed_content()
                     .unwrap_or_else(|_| form.content.clone());
                 let Ok(inner) = Content::decode(&strip_comments(&data)) else {
-                    problems.push("a form's content could not be parsed".into());
+                    notes
+                        .problems
+                        .push("a form's content could not be parsed".into());
                     continue;
                 };
                 let inner_resources: Option<&Dictionary> = form
@@ -438,14 +637,14 @@ fn run_content(
                 inner_resource_list.extend_from_slice(resources);
                 match inner_fonts {
                     Some(inner_fonts) if !inner_fonts.is_empty() => {
-                        let inner_fonts = font_texts(doc, inner_fonts, problems);
+                        let inner_fonts = font_texts(doc, inner_fonts, &mut notes.problems);
                         run_content(
                             doc,
                             &inner,
                             &inner_fonts,
                             &inner_resource_list,
                             out,
-                            problems,
+                            notes,
                             depth + 1,
                         );
                     }
@@ -455,7 +654,7 @@ fn run_content(
                         fonts,
                         &inner_resource_list,
                         out,
-                        problems,
+                        notes,
                         depth + 1,
                     ),
                 }
@@ -514,7 +713,7 @@ fn show(font: Option<&FontText>, bytes: &[u8], out: &mut String) {
     }
 }
 
-/// A Form XObject by its resource name, from the innermost resources outwards.
+/// An XObject (form or image) by its resource name, from the innermost resources outwards.
 fn find_xobject<'a>(
     doc: &'a Document,
     resources: &[&'a Dictionary],
@@ -525,9 +724,7 @@ fn find_xobject<'a>(
         let (_, object) = doc
             .dereference(xobjects.as_dict().ok()?.get(name).ok()?)
             .ok()?;
-        let stream = object.as_stream().ok()?;
-        (stream.dict.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Form"))
-            .then_some(stream)
+        object.as_stream().ok()
     })
 }
 

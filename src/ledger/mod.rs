@@ -581,24 +581,27 @@ impl Ledger {
     /// The committed cursor of a work unit (`unit`: a source, or one `partition` of it),
     /// unless some of its rows are not current (an interrupted write, other pipeline
     /// settings, an invalidated row): then `None`, so that the next scan reads every row
-    /// again.
+    /// again. `fingerprints` are the current ones (a row is written under one of them,
+    /// depending on its type).
     pub async fn cursor(
         &self,
         unit: &str,
         source_id: &str,
         partition: Option<Partition>,
-        fingerprint: &str,
+        fingerprints: &[String; 2],
     ) -> Result<Option<String>, LedgerError> {
         let (lo, hi) = hash_bounds(partition);
         let stale: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM documents
              WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3
-               AND (status = 'pending' OR fingerprint <> $4 OR version_hint = '')",
+               AND (status = 'pending' OR (fingerprint <> $4 AND fingerprint <> $5)
+                    OR version_hint = '')",
         )
         .bind(source_id)
         .bind(lo)
         .bind(hi)
-        .bind(fingerprint)
+        .bind(&fingerprints[0])
+        .bind(&fingerprints[1])
         .fetch_one(&self.pool)
         .await?
         .try_get("n")?;

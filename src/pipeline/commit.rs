@@ -113,7 +113,7 @@ pub(super) async fn commit_batches(
                 doc_key: doc.key.clone(),
                 version_hint: doc.version.clone(),
                 content_hash: Some(doc.hash.clone()),
-                fingerprint: ctx.fingerprint.clone(),
+                fingerprint: ctx.fingerprint_for(Some(doc.media)).to_string(),
                 status: DocStatus::Indexed,
                 reason: None,
                 media_type: Some(doc.media.name().to_string()),
@@ -279,7 +279,7 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
         "media_type": doc.media.name(),
         "content_hash": doc.hash,
         "chunk_hash": chunk.hash,
-        "fingerprint": ctx.fingerprint,
+        "fingerprint": ctx.fingerprint_for(Some(doc.media)),
         "decode_warning": doc.decode_warning,
         "indexed_at": indexed_at,
     }) else {
@@ -293,6 +293,18 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
     for (field, value) in &doc.metadata {
         // freshet's own fields win; config validation keeps names from clashing.
         map.entry(field.clone()).or_insert_with(|| value.clone());
+    }
+    // In a PDF only some pages may have been read by OCR: `ocr` says whether this chunk's.
+    if let (Some(pages), Some(first)) = (
+        doc.metadata.get("ocr_pages").and_then(|p| p.as_array()),
+        chunk.page,
+    ) {
+        let last = chunk.page_end.unwrap_or(first);
+        let by_ocr = pages
+            .iter()
+            .filter_map(|p| p.as_u64())
+            .any(|p| (first as u64..=last as u64).contains(&p));
+        map.insert("ocr".into(), by_ocr.into());
     }
     for value in map.values_mut() {
         strip_nul(value);

@@ -171,7 +171,7 @@ pub(super) async fn gate_and_prepare(
                 if prior.as_ref().is_some_and(|p| {
                     p.status == DocStatus::Quarantined
                         && p.version_hint == version
-                        && p.fingerprint == ctx.fingerprint
+                        && ctx.is_current_fingerprint(p)
                 }) {
                     outcome.unchanged += 1;
                     LiveCounters::add(&ctx.live.finished, 1);
@@ -235,7 +235,7 @@ fn prior_is_current(ctx: &Ctx, prior: &DocRecord) -> bool {
     prior.status != DocStatus::Pending
         && !(ctx.retry_failed && prior.status == DocStatus::Failed)
         && !prior.version_hint.is_empty()
-        && prior.fingerprint == ctx.fingerprint
+        && ctx.is_current_fingerprint(prior)
         && (prior.point_ids.is_empty() || prior.collection == ctx.collection)
 }
 

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::chunk::{Chunk, Chunker};
 use crate::config::{OnViolationConfig, SourceConfig};
 use crate::embed::Embedder;
-use crate::extract::MediaType;
+use crate::extract::{ExtractOptions, MediaType};
 use crate::index::Index;
 use crate::ledger::{now, now_ms, DocRecord, Lease, Leases, Ledger, LedgerError};
 use crate::sparse::Bm25Encoder;
@@ -319,13 +319,17 @@ struct Ctx {
     /// are fenced by it.
     lease: Option<Lease>,
     leases: Arc<dyn Leases>,
+    /// The fingerprint of documents the extraction options do not apply to, and of those
+    /// they do (see [`Ctx::fingerprint_for`]).
     fingerprint: String,
+    read_fingerprint: String,
     collection: String,
     ledger: Ledger,
     embedder: Arc<dyn Embedder>,
     /// BM25 term weights beside the vectors, where the collection keeps them.
     sparse: Option<Arc<Bm25Encoder>>,
     chunker: Arc<Chunker>,
+    extract: ExtractOptions,
     store: Arc<dyn VectorStore>,
     max_document_bytes: u64,
     parallel_documents: usize,
@@ -341,6 +345,21 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The fingerprint a document of this type is indexed under (unknown types: the base).
+    fn fingerprint_for(&self, media: Option<MediaType>) -> &str {
+        if media.is_some_and(ExtractOptions::apply_to) {
+            &self.read_fingerprint
+        } else {
+            &self.fingerprint
+        }
+    }
+
+    /// Whether a ledger row was written under the current settings for its type.
+    fn is_current_fingerprint(&self, prior: &DocRecord) -> bool {
+        let media = prior.media_type.as_deref().and_then(MediaType::from_name);
+        prior.fingerprint == self.fingerprint_for(media)
+    }
+
     fn fence(&self) -> Option<&crate::ledger::Fence> {
         self.lease.as_ref().and_then(|l| l.fence.as_ref())
     }
@@ -413,11 +432,13 @@ impl Index {
             lease,
             leases: self.leases.clone(),
             fingerprint: self.fingerprint(),
+            read_fingerprint: self.read_fingerprint(),
             collection: self.info.collection.clone(),
             ledger: self.ledger.clone(),
             embedder: self.embedder.clone(),
             sparse: self.sparse.clone(),
             chunker: self.chunker.clone(),
+            extract: self.extract.clone(),
             store: self.store.clone(),
             max_document_bytes: self.config.pipeline.max_document_bytes,
             parallel_documents: self.config.parallel_documents(),
@@ -434,7 +455,12 @@ impl Index {
                     None
                 } else {
                     self.ledger
-                        .cursor(&unit.id, source.id(), unit.partition, &self.fingerprint())
+                        .cursor(
+                            &unit.id,
+                            source.id(),
+                            unit.partition,
+                            &[self.fingerprint(), self.read_fingerprint()],
+                        )
                         .await?
                 },
             )),

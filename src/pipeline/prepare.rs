@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use freshet_connectors::{content_hash, RawDoc, ReadError};
 
 use super::{Ctx, Outcome, PreparedDoc, Work};
-use crate::extract::{extract, ExtractError, MediaType};
+use crate::extract::{extract_with, ExtractError, MediaType};
 use crate::ledger::{now, DocRecord, DocStatus};
 use crate::store::PointId;
 
@@ -55,7 +55,7 @@ impl Settled {
             doc_key: key.to_string(),
             version_hint: version.to_string(),
             content_hash: self.hash,
-            fingerprint: ctx.fingerprint.clone(),
+            fingerprint: ctx.fingerprint_for(self.media).to_string(),
             status: self.status,
             reason: Some(self.reason),
             media_type: self.media.map(|m| m.name().to_string()),
@@ -119,6 +119,9 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
         };
         return record(DocStatus::Skipped, reason, None, None);
     };
+    if let Some(reason) = ctx.extract.skip_unread(media) {
+        return record(DocStatus::Skipped, reason, None, Some(media));
+    }
     let bytes = match doc.content.read(ctx.max_document_bytes) {
         Ok(bytes) => bytes,
         // Gone since it was listed (a watcher sees this all the time): not a failure.
@@ -146,7 +149,7 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
     if let Some(p) = &prior {
         if p.status == DocStatus::Indexed
             && p.content_hash.as_deref() == Some(hash.as_str())
-            && p.fingerprint == ctx.fingerprint
+            && p.fingerprint == ctx.fingerprint_for(Some(media))
             && p.collection == ctx.collection
         {
             let mut same = p.clone();
@@ -161,7 +164,7 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
     }
     // Parsers of untrusted bytes can panic; one bad document must not end the run.
     let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        extract(&bytes, media).map(|extracted| {
+        extract_with(&bytes, media, &ctx.extract).map(|extracted| {
             let chunks = ctx.chunker.chunk(&extracted, media);
             (extracted, chunks)
         })
