@@ -1,11 +1,13 @@
 //! Extraction benchmark on public corpora nobody here wrote: PDFs against poppler's
 //! `pdftotext` (coverage and token F1 per document), labelled legacy-encoding files
-//! against their true text, and any other files shown as freshet extracts them. Prints
-//! figures; asserts nothing.
+//! against their true text, OCR (scans read, and text pages rendered to images read back
+//! against their own text layer), and any other files shown as freshet extracts them.
+//! Prints figures; asserts nothing.
 //!
 //! Run: `scripts/fixtures --bench` (fetches the pinned corpora), then
-//! `cargo run --example extract_bench -- [--pdf DIR]... [--chardet DIR] [--charset-normalizer DIR] [--show FILE]...`
-//! With no arguments it reads the corpora `scripts/fixtures --bench` unpacked.
+//! `cargo run --example extract_bench -- [--pdf DIR]... [--chardet DIR] [--charset-normalizer DIR] [--ocr] [--show FILE]...`
+//! With no arguments it reads the corpora `scripts/fixtures --bench` unpacked; `--ocr`
+//! (after `scripts/provision --ocr`) runs the OCR figures alone.
 //!
 //! `pdftotext` (Debian's poppler-utils) is the reference here and nowhere else; the true
 //! text of a labelled file comes from Python's codecs (`python3`), not from encoding_rs.
@@ -16,13 +18,16 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use freshet::extract::{decode_text, extract, normalize, MediaType};
+use freshet::extract::{
+    decode_text, extract, extract_with, normalize, ExtractOptions, MediaType, Ocr,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut pdf_dirs = Vec::new();
     let mut chardet = None;
     let mut charset_normalizer = None;
     let mut show = Vec::new();
+    let mut ocr = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("a value after the flag");
@@ -31,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             "--chardet" => chardet = Some(PathBuf::from(value()?)),
             "--charset-normalizer" => charset_normalizer = Some(PathBuf::from(value()?)),
             "--show" => show.push(PathBuf::from(value()?)),
+            "--ocr" => ocr = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -43,6 +49,9 @@ fn main() -> anyhow::Result<()> {
     let bench = dirs::cache_dir()
         .context("no cache directory")?
         .join("freshet/fixtures/bench");
+    if ocr {
+        return ocr_figures(&bench);
+    }
     if pdf_dirs.is_empty() && chardet.is_none() && charset_normalizer.is_none() {
         pdf_dirs = vec![
             bench.join("pikepdf-9.11.0/tests/resources"),
@@ -138,6 +147,23 @@ fn tokens(text: &str) -> HashMap<String, usize> {
     counts
 }
 
+/// Adjacent word pairs: a page read in another order (two columns interleaved line by
+/// line) keeps its words but loses its pairs.
+fn bigrams(text: &str) -> HashMap<String, usize> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let mut counts = HashMap::new();
+    for pair in words.windows(2) {
+        *counts
+            .entry(format!("{} {}", pair[0], pair[1]))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
 fn f1(ours: &HashMap<String, usize>, theirs: &HashMap<String, usize>) -> f64 {
     let common: usize = ours
         .iter()
@@ -185,6 +211,7 @@ fn pdfs(dirs: &[PathBuf]) -> anyhow::Result<()> {
     );
     let (mut reference_has_text, mut indexed, mut indexed_of_reference) = (0, 0, 0);
     let mut scores = Vec::new();
+    let mut order_scores = Vec::new();
     let mut misses = Vec::new();
     let mut freshet_ms = 0u128;
     for file in &files {
@@ -213,10 +240,12 @@ fn pdfs(dirs: &[PathBuf]) -> anyhow::Result<()> {
                 Ok(doc) => {
                     indexed_of_reference += 1;
                     let score = f1(&tokens(&doc.text), &reference_tokens);
-                    if score < 0.9 {
-                        misses.push(format!("{name}: F1 {score:.2}"));
+                    let order = f1(&bigrams(&doc.text), &bigrams(&reference));
+                    if score < 0.9 || order < 0.8 {
+                        misses.push(format!("{name}: F1 {score:.2}, word-pair F1 {order:.2}"));
                     }
                     scores.push(score);
+                    order_scores.push(order);
                 }
                 Err(reason) => misses.push(format!("{name}: not indexed: {reason}")),
             }
@@ -235,9 +264,172 @@ fn pdfs(dirs: &[PathBuf]) -> anyhow::Result<()> {
         scores.len(),
         scores.iter().filter(|s| **s >= 0.95).count()
     );
+    order_scores.sort_by(f64::total_cmp);
+    println!(
+        "  reading order, word-pair F1 against pdftotext: median {:.3}, mean {:.3}, >= 0.8: {}",
+        order_scores
+            .get(order_scores.len() / 2)
+            .copied()
+            .unwrap_or(0.0),
+        order_scores.iter().sum::<f64>() / order_scores.len().max(1) as f64,
+        order_scores.iter().filter(|s| **s >= 0.8).count()
+    );
     println!("  freshet extraction time, all files: {freshet_ms} ms");
     for miss in &misses {
         println!("    {miss}");
+    }
+    Ok(())
+}
+
+/// OCR: how many of ocrmypdf's scans and images freshet reads, and how close OCR of text
+/// pages rendered to images comes to their own text layer (token F1 per page).
+fn ocr_figures(bench: &Path) -> anyhow::Result<()> {
+    let ocr = Ocr::detect("eng", 300, std::time::Duration::from_secs(300))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let options = ExtractOptions {
+        ocr: Some(ocr.clone()),
+    };
+    let scans = bench.join("../ocrmypdf-16.5.0/tests/resources");
+    let mut files = Vec::new();
+    files_with(
+        &scans,
+        &|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "pdf" | "png" | "jpg"))
+        },
+        &mut files,
+    );
+    println!(
+        "OCR ({}): {} PDFs and images in ocrmypdf 16.5.0's tests/resources",
+        ocr.fingerprint(),
+        files.len()
+    );
+    let (mut read, mut without_ocr, mut ocr_used) = (0, 0, 0);
+    let mut total_ms = 0u128;
+    for file in &files {
+        let bytes = std::fs::read(file)?;
+        let media = MediaType::from_key(&file.to_string_lossy()).context("media")?;
+        let name = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let plain = extract(&bytes, media);
+        let started = Instant::now();
+        let ours = std::panic::catch_unwind(|| extract_with(&bytes, media, &options));
+        let ms = started.elapsed().as_millis();
+        total_ms += ms;
+        if plain.is_ok() {
+            without_ocr += 1;
+        }
+        match ours {
+            Ok(Ok(doc)) => {
+                read += 1;
+                let by_ocr = doc.metadata.get("ocr").is_some();
+                ocr_used += usize::from(by_ocr);
+                let words = tokens(&doc.text).values().sum::<usize>();
+                let head: String = doc
+                    .text
+                    .split_whitespace()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!(
+                    "    {name}: {words} words{} in {ms} ms{}: {head}",
+                    doc.metadata
+                        .get("ocr_confidence")
+                        .map(|c| format!(", OCR confidence {c}"))
+                        .unwrap_or_default(),
+                    doc.decode_warning
+                        .as_ref()
+                        .map(|w| format!(" [{}]", w.chars().take(120).collect::<String>()))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(Err(e)) => println!(
+                "    {name}: not indexed in {ms} ms: {}",
+                e.to_string().chars().take(160).collect::<String>()
+            ),
+            Err(_) => println!("    {name}: panicked"),
+        }
+    }
+    println!(
+        "  indexed without OCR: {without_ocr} of {}; with OCR: {read} ({ocr_used} through OCR), {total_ms} ms in all",
+        files.len()
+    );
+
+    // Round trip: page 1 of each PDF with a real text layer (pikepdf's and pypdf's),
+    // rendered to a 300 dpi image by pdftoppm and read back, against pdftotext's page 1.
+    let mut pdfs = Vec::new();
+    for dir in [
+        bench.join("pikepdf-9.11.0/tests/resources"),
+        bench.join("pypdf-7.1.1"),
+    ] {
+        files_with(
+            &dir,
+            &|p| p.extension().is_some_and(|e| e == "pdf"),
+            &mut pdfs,
+        );
+    }
+    let image_dir = tempfile::tempdir()?;
+    let mut scores = Vec::new();
+    let mut lines = Vec::new();
+    for file in &pdfs {
+        let reference = Command::new("pdftotext")
+            .args(["-q", "-enc", "UTF-8", "-f", "1", "-l", "1"])
+            .arg(file)
+            .arg("-")
+            .output()?;
+        let reference = tokens(&String::from_utf8_lossy(&reference.stdout));
+        // Pages of real prose only: at least 50 words of letters.
+        if reference.values().sum::<usize>() < 50 {
+            continue;
+        }
+        let root = image_dir.path().join(format!("p{}", scores.len()));
+        let rendered = Command::new("pdftoppm")
+            .args([
+                "-q",
+                "-r",
+                "300",
+                "-gray",
+                "-png",
+                "-singlefile",
+                "-f",
+                "1",
+                "-l",
+                "1",
+            ])
+            .arg(file)
+            .arg(&root)
+            .status()?;
+        let png = root.with_extension("png");
+        if !rendered.success() || !png.exists() {
+            continue;
+        }
+        let score = match extract_with(&std::fs::read(&png)?, MediaType::Image, &options) {
+            Ok(doc) => f1(&tokens(&doc.text), &reference),
+            Err(_) => 0.0,
+        };
+        lines.push(format!(
+            "    {}: F1 {score:.3}",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        scores.push(score);
+        if scores.len() == 30 {
+            break;
+        }
+    }
+    scores.sort_by(f64::total_cmp);
+    println!(
+        "  round trip over {} text pages rendered at 300 dpi: token F1 against the text layer median {:.3}, mean {:.3}, >= 0.9: {}",
+        scores.len(),
+        scores.get(scores.len() / 2).copied().unwrap_or(0.0),
+        scores.iter().sum::<f64>() / scores.len().max(1) as f64,
+        scores.iter().filter(|s| **s >= 0.9).count()
+    );
+    for line in lines {
+        println!("{line}");
     }
     Ok(())
 }
