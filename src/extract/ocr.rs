@@ -149,6 +149,12 @@ impl Ocr {
         for (number, _) in &mut read.pages {
             *number = page;
         }
+        // tesseract numbers the one image it saw 1; the reasons name the PDF's page.
+        for reason in &mut read.refused {
+            if let Some((_, why)) = reason.split_once(": ") {
+                *reason = format!("page {page}: {why}");
+            }
+        }
         Ok(read)
     }
 
