@@ -41,6 +41,7 @@ async fn each_bad_document_is_recorded_and_the_rest_are_indexed() {
     );
     write(&ws, "bad/empty.md", b"");
     write(&ws, "bad/photo.jpg", b"\xff\xd8\xff\xe0 not really a jpeg");
+    write(&ws, "bad/photo.heic", b"\0\0\0\x18ftypheic not read at all");
     write(
         &ws,
         "bad/latin1.txt",
@@ -80,10 +81,12 @@ async fn each_bad_document_is_recorded_and_the_rest_are_indexed() {
     expect("bad/scanned.pdf", DocStatus::Failed, "no text layer").await;
     expect("bad/really-a-zip.txt", DocStatus::Failed, "binary").await;
     expect("bad/empty.md", DocStatus::Skipped, "empty").await;
+    // An image is skipped unread without OCR, naming the setting that reads it.
+    expect("bad/photo.jpg", DocStatus::Skipped, "extract.ocr").await;
     expect(
-        "bad/photo.jpg",
+        "bad/photo.heic",
         DocStatus::Skipped,
-        "unsupported file type (.jpg)",
+        "unsupported file type (.heic)",
     )
     .await;
     assert_eq!(report.totals.failed, 4, "{report:#?}");
