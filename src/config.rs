@@ -53,8 +53,8 @@ pub struct Config {
 pub struct ExtractConfig {
     /// "off" (default): images are skipped and image-only PDF pages named as missing.
     /// "tesseract": they are read by Debian's tesseract (`scripts/provision --ocr`), and
-    /// their chunks carry `ocr = true`. Turning it on or off re-reads every document
-    /// (vectors of unchanged chunks are reused).
+    /// their chunks carry `ocr = true`. Turning it on or off re-reads PDFs, images and
+    /// emails, not the rest of the corpus.
     #[serde(default)]
     pub ocr: OcrKind,
     /// tesseract's languages, `+`-joined (`eng`, `eng+deu`); each needs Debian's

@@ -135,8 +135,8 @@ pub fn extract(bytes: &[u8], ocr: Option<&Ocr>) -> Result<Extracted, ExtractErro
                 "PDF has no text layer and draws no images (blank or vector drawings only); exclude it".into(),
             )
         } else {
-            let mut reasons = failed_pages.clone();
-            reasons.extend(warnings.iter().cloned());
+            let mut reasons = failed_pages;
+            reasons.extend(warnings);
             ExtractError::Invalid(format!(
                 "no page of the PDF could be read ({}); re-export it or exclude it",
                 reasons.join("; ")

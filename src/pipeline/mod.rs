@@ -425,14 +425,15 @@ impl Index {
         if !options.dry_run {
             self.publish_first_build().await?;
         }
+        let (fingerprint, read_fingerprint) = (self.fingerprint(), self.read_fingerprint());
         let ctx = Arc::new(Ctx {
             source_id: source.id().to_string(),
             unit: unit.id.clone(),
             partition: unit.partition,
             lease,
             leases: self.leases.clone(),
-            fingerprint: self.fingerprint(),
-            read_fingerprint: self.read_fingerprint(),
+            fingerprint: fingerprint.clone(),
+            read_fingerprint: read_fingerprint.clone(),
             collection: self.info.collection.clone(),
             ledger: self.ledger.clone(),
             embedder: self.embedder.clone(),
@@ -459,7 +460,7 @@ impl Index {
                             &unit.id,
                             source.id(),
                             unit.partition,
-                            &[self.fingerprint(), self.read_fingerprint()],
+                            &[fingerprint, read_fingerprint],
                         )
                         .await?
                 },
