@@ -14,6 +14,7 @@ mod ocr;
 mod odf;
 mod pdf;
 mod pdf_font;
+mod pdf_layout;
 mod pptx;
 mod sheet;
 mod text;

@@ -14,7 +14,8 @@ use lopdf::content::Content;
 use lopdf::{Dictionary, Document, Encoding, Object, ObjectId};
 
 use super::ocr::Ocr;
-use super::pdf_font::SimpleFont;
+use super::pdf_font::{Advances, SimpleFont};
+use super::pdf_layout::{column_order, Place, Span};
 use super::text::normalize;
 use super::{ExtractError, Extracted};
 
@@ -415,14 +416,21 @@ impl FontText<'_> {
     }
 }
 
+/// A page's font: how its codes become text, and how far its glyphs advance.
+struct PageFont<'a> {
+    text: FontText<'a>,
+    advances: Advances,
+}
+
 fn font_texts<'a>(
     doc: &'a Document,
     fonts: BTreeMap<Vec<u8>, &'a Dictionary>,
     problems: &mut Vec<String>,
-) -> BTreeMap<Vec<u8>, FontText<'a>> {
+) -> BTreeMap<Vec<u8>, PageFont<'a>> {
     fonts
         .into_iter()
         .map(|(name, font)| {
+            let advances = Advances::of_font(doc, font);
             let subtype = font.get(b"Subtype").and_then(Object::as_name).ok();
             if subtype != Some(b"Type0") {
                 // lopdf reads a ToUnicode CMap only for a font without a named encoding:
@@ -446,7 +454,8 @@ fn font_texts<'a>(
                     font,
                     lookup.as_ref().map(|f| f as &dyn Fn(u8) -> Option<String>),
                 );
-                return (name, FontText::Simple(simple));
+                let text = FontText::Simple(simple);
+                return (name, PageFont { text, advances });
             }
             let text = match font.get_font_encoding(doc) {
                 Ok(encoding) => FontText::Lopdf(encoding),
@@ -458,7 +467,7 @@ fn font_texts<'a>(
                     FontText::Unreadable
                 }
             };
-            (name, text)
+            (name, PageFont { text, advances })
         })
         .collect()
 }
@@ -473,7 +482,8 @@ struct Notes {
 }
 
 /// A page's text in content order, with spaces and line breaks from the text operators'
-/// positioning, and the text of the Form XObjects it draws.
+/// positioning, and the text of the Form XObjects it draws; a page set in columns is then
+/// read column by column.
 fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Notes), lopdf::Error> {
     let mut notes = Notes::default();
     let fonts = font_texts(
@@ -489,100 +499,293 @@ fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Notes), lopdf
             .iter()
             .filter_map(|id| doc.get_dictionary(*id).ok()),
     );
-    let mut out = String::new();
+    let mut page = PageOut::default();
     run_content(
         doc,
         &content,
         &fonts,
         &resource_dicts,
-        &mut out,
+        Matrix::IDENTITY,
+        &mut page,
         &mut notes,
         0,
     );
-    Ok((out, notes))
+    let text = column_order(&page.text, &page.spans).unwrap_or(page.text);
+    Ok((text, notes))
 }
 
-fn run_content(
+/// The text a page's content shows so far, and where each shown string sits.
+#[derive(Default)]
+struct PageOut {
+    text: String,
+    spans: Vec<Span>,
+}
+
+/// A PDF transformation matrix `[a b c d e f]`, applied to row vectors as the spec does.
+#[derive(Clone, Copy, Debug)]
+struct Matrix([f64; 6]);
+
+impl Matrix {
+    const IDENTITY: Matrix = Matrix([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+
+    fn translate(tx: f64, ty: f64) -> Matrix {
+        Matrix([1.0, 0.0, 0.0, 1.0, tx, ty])
+    }
+
+    /// `self` applied first, then `then`.
+    fn then(self, then: Matrix) -> Matrix {
+        let [a, b, c, d, e, f] = self.0;
+        let [a2, b2, c2, d2, e2, f2] = then.0;
+        Matrix([
+            a * a2 + b * c2,
+            a * b2 + b * d2,
+            c * a2 + d * c2,
+            c * b2 + d * d2,
+            e * a2 + f * c2 + e2,
+            e * b2 + f * d2 + f2,
+        ])
+    }
+
+    fn apply(self, x: f64, y: f64) -> (f64, f64) {
+        let [a, b, c, d, e, f] = self.0;
+        (x * a + y * c + e, x * b + y * d + f)
+    }
+
+    fn from_operands(operands: &[Object]) -> Option<Matrix> {
+        let n: Vec<f64> = operands.iter().filter_map(number).collect();
+        (n.len() == 6 && n.iter().all(|v| v.is_finite()))
+            .then(|| Matrix([n[0], n[1], n[2], n[3], n[4], n[5]]))
+    }
+}
+
+fn number(o: &Object) -> Option<f64> {
+    o.as_float()
+        .ok()
+        .map(f64::from)
+        .or_else(|| o.as_i64().ok().map(|i| i as f64))
+}
+
+/// The graphics and text state that places glyphs: what `q` saves and `Q` restores, plus
+/// the text and line matrices of the current text object.
+#[derive(Clone, Copy)]
+struct TextState<'f, 'a> {
+    ctm: Matrix,
+    font: Option<&'f PageFont<'a>>,
+    size: f64,
+    char_space: f64,
+    word_space: f64,
+    /// `Tz` / 100.
+    scale: f64,
+    leading: f64,
+    rise: f64,
+    tm: Matrix,
+    tlm: Matrix,
+}
+
+impl TextState<'_, '_> {
+    fn next_line(&mut self, tx: f64, ty: f64) {
+        self.tlm = Matrix::translate(tx, ty).then(self.tlm);
+        self.tm = self.tlm;
+    }
+
+    /// Appends a string's text and its place, and moves the text matrix past its glyphs.
+    /// A string placed a word space or more after the one before it on the same line is
+    /// a new word, even where the stream moved there without a space of its own.
+    fn show(&mut self, bytes: &[u8], page: &mut PageOut) {
+        let Some(font) = self.font else {
+            return;
+        };
+        let Some(text) = font.text.decode(bytes) else {
+            return;
+        };
+        let to_page = self.tm.then(self.ctm);
+        let measured = font.advances.measure(bytes);
+        let advance = measured.as_ref().map_or(0.0, |m| {
+            (m.advance / 1000.0 * self.size
+                + m.glyphs as f64 * self.char_space
+                + m.spaces as f64 * self.word_space)
+                * self.scale
+        });
+        self.tm = Matrix::translate(advance, 0.0).then(self.tm);
+        let [a, b, c, d, _, _] = to_page.0;
+        // Only upright, unmirrored horizontal text has a place on a line.
+        let upright = a > 0.0 && d > 0.0 && b.abs() <= 0.05 * a && c.abs() <= 0.05 * d;
+        let size = self.size.abs() * c.hypot(d);
+        let place = (upright && measured.is_some() && size.is_finite() && size > 0.0).then(|| {
+            let (x0, baseline) = to_page.apply(0.0, self.rise);
+            let (x1, _) = self.tm.then(self.ctm).apply(0.0, self.rise);
+            Place {
+                x0: x0.min(x1),
+                x1: x0.max(x1),
+                baseline,
+                size,
+            }
+        });
+        let previous = page.spans.last().filter(|s| s.end == page.text.len());
+        if let (Some(here), Some(before)) = (place, previous.and_then(|s| s.place)) {
+            let same_line = (here.baseline - before.baseline).abs() <= 0.3 * here.size;
+            if font.advances.exact()
+                && same_line
+                && here.x0 - before.x1 > 0.2 * here.size
+                && !text.starts_with(char::is_whitespace)
+                && !page.text.ends_with(char::is_whitespace)
+            {
+                page.text.push(' ');
+            }
+        }
+        let start = page.text.len();
+        page.text.push_str(&text);
+        page.spans.push(Span {
+            start,
+            end: page.text.len(),
+            place,
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_content<'f, 'a>(
     doc: &Document,
     content: &Content,
-    fonts: &BTreeMap<Vec<u8>, FontText>,
+    fonts: &'f BTreeMap<Vec<u8>, PageFont<'a>>,
     resources: &[&Dictionary],
-    out: &mut String,
+    ctm: Matrix,
+    page: &mut PageOut,
     notes: &mut Notes,
     depth: usize,
 ) {
-    let mut font: Option<&FontText> = None;
-    let mut line_y: Option<f64> = None;
-    let number = |o: &Object| {
-        o.as_float()
-            .ok()
-            .map(f64::from)
-            .or_else(|| o.as_i64().ok().map(|i| i as f64))
+    let mut state = TextState {
+        ctm,
+        font: None,
+        size: 0.0,
+        char_space: 0.0,
+        word_space: 0.0,
+        scale: 1.0,
+        leading: 0.0,
+        rise: 0.0,
+        tm: Matrix::IDENTITY,
+        tlm: Matrix::IDENTITY,
     };
+    let mut saved: Vec<TextState> = Vec::new();
+    let mut line_y: Option<f64> = None;
     let space = |out: &mut String| {
         if !out.is_empty() && !out.ends_with([' ', '\n']) {
             out.push(' ');
         }
     };
-    let newline = |out: &mut String| {
+    // Trailing spaces give way to the line break, inside the strings that showed them too.
+    let newline = |page: &mut PageOut| {
+        let out = &mut page.text;
         while out.ends_with(' ') {
             out.pop();
+        }
+        for span in page.spans.iter_mut().rev() {
+            if span.end <= out.len() {
+                break;
+            }
+            span.end = out.len();
+            span.start = span.start.min(span.end);
         }
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
     };
+    let operand = |operands: &[Object], i: usize| operands.get(i).and_then(number);
     for op in &content.operations {
         let operands = &op.operands;
         match op.operator.as_str() {
-            "BT" => space(out),
+            "q" if saved.len() < 256 => saved.push(state),
+            "Q" => {
+                if let Some(previous) = saved.pop() {
+                    state = TextState {
+                        tm: state.tm,
+                        tlm: state.tlm,
+                        ..previous
+                    };
+                }
+            }
+            "cm" => {
+                if let Some(m) = Matrix::from_operands(operands) {
+                    state.ctm = m.then(state.ctm);
+                }
+            }
+            "BT" => {
+                space(&mut page.text);
+                state.tm = Matrix::IDENTITY;
+                state.tlm = Matrix::IDENTITY;
+            }
             "Tf" => {
-                font = operands
+                state.font = operands
                     .first()
                     .and_then(|o| o.as_name().ok())
                     .and_then(|name| fonts.get(name));
+                state.size = operand(operands, 1).unwrap_or(state.size);
             }
+            "Tc" => state.char_space = operand(operands, 0).unwrap_or(0.0),
+            "Tw" => state.word_space = operand(operands, 0).unwrap_or(0.0),
+            "Tz" => state.scale = operand(operands, 0).unwrap_or(100.0) / 100.0,
+            "TL" => state.leading = operand(operands, 0).unwrap_or(0.0),
+            "Ts" => state.rise = operand(operands, 0).unwrap_or(0.0),
             "Td" | "TD" => {
                 let (tx, ty) = (
-                    operands.first().and_then(number).unwrap_or(0.0),
-                    operands.get(1).and_then(number).unwrap_or(0.0),
+                    operand(operands, 0).unwrap_or(0.0),
+                    operand(operands, 1).unwrap_or(0.0),
                 );
+                if op.operator == "TD" {
+                    state.leading = -ty;
+                }
+                state.next_line(tx, ty);
                 // A move along the line may place the next glyph of the same word (some
                 // writers position every glyph): only a move down starts a new line, and
                 // only a move back to the left margin-ish after text separates words.
                 if ty.abs() > 0.5 {
-                    newline(out);
+                    newline(page);
                 } else if tx < -0.5 {
-                    space(out);
+                    space(&mut page.text);
                 }
             }
-            "T*" => newline(out),
+            "T*" => {
+                state.next_line(0.0, -state.leading);
+                newline(page);
+            }
             "Tm" => {
-                let y = operands.get(5).and_then(number);
+                if let Some(m) = Matrix::from_operands(operands) {
+                    state.tm = m;
+                    state.tlm = m;
+                }
+                let y = operand(operands, 5);
                 if let (Some(previous), Some(y)) = (line_y, y) {
                     if (previous - y).abs() > 0.5 {
-                        newline(out);
+                        newline(page);
                     }
                 }
                 line_y = y;
             }
             "Tj" | "'" | "\"" => {
+                if op.operator == "\"" {
+                    state.word_space = operand(operands, 0).unwrap_or(state.word_space);
+                    state.char_space = operand(operands, 1).unwrap_or(state.char_space);
+                }
                 if op.operator != "Tj" {
-                    newline(out);
+                    state.next_line(0.0, -state.leading);
+                    newline(page);
                 }
                 if let Some(Object::String(bytes, _)) = operands.last() {
-                    show(font, bytes, out);
+                    state.show(bytes, page);
                 }
             }
             "TJ" => {
                 if let Some(Object::Array(items)) = operands.first() {
                     for item in items {
                         match item {
-                            Object::String(bytes, _) => show(font, bytes, out),
-                            // A gap wider than about a quarter em is a word space.
+                            Object::String(bytes, _) => state.show(bytes, page),
                             other => {
-                                if number(other).is_some_and(|n| n < -200.0) {
-                                    space(out);
+                                let Some(n) = number(other) else { continue };
+                                let shift = -n / 1000.0 * state.size * state.scale;
+                                state.tm = Matrix::translate(shift, 0.0).then(state.tm);
+                                // A gap wider than about a quarter em is a word space.
+                                if n < -200.0 {
+                                    space(&mut page.text);
                                 }
                             }
                         }
@@ -614,6 +817,15 @@ fn run_content(
                         .push("a form's content could not be parsed".into());
                     continue;
                 };
+                let form_ctm = form
+                    .dict
+                    .get(b"Matrix")
+                    .ok()
+                    .and_then(|m| doc.dereference(m).ok())
+                    .and_then(|(_, m)| m.as_array().ok())
+                    .and_then(|m| Matrix::from_operands(m))
+                    .unwrap_or(Matrix::IDENTITY)
+                    .then(state.ctm);
                 let inner_resources: Option<&Dictionary> = form
                     .dict
                     .get(b"Resources")
@@ -643,7 +855,8 @@ fn run_content(
                             &inner,
                             &inner_fonts,
                             &inner_resource_list,
-                            out,
+                            form_ctm,
+                            page,
                             notes,
                             depth + 1,
                         );
@@ -653,12 +866,13 @@ fn run_content(
                         &inner,
                         fonts,
                         &inner_resource_list,
-                        out,
+                        form_ctm,
+                        page,
                         notes,
                         depth + 1,
                     ),
                 }
-                newline(out);
+                newline(page);
             }
             _ => {}
         }
@@ -707,12 +921,6 @@ fn strip_comments(content: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-fn show(font: Option<&FontText>, bytes: &[u8], out: &mut String) {
-    if let Some(text) = font.and_then(|f| f.decode(bytes)) {
-        out.push_str(&text);
-    }
-}
-
 /// An XObject (form or image) by its resource name, from the innermost resources outwards.
 fn find_xobject<'a>(
     doc: &'a Document,
@@ -745,6 +953,92 @@ fn pdf_text_string(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-page PDF in Helvetica 10 pt (every glyph 5 pt wide) whose content stream
+    /// shows `lines` (x, y, text) in the order given.
+    fn pdf_showing(lines: &[(f64, f64, String)]) -> Vec<u8> {
+        use lopdf::{dictionary, Stream};
+        let mut doc = Document::with_version("1.5");
+        let font = doc.add_object(dictionary! {
+            "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
+            "Encoding" => "WinAnsiEncoding", "FirstChar" => 32, "LastChar" => 126,
+            "Widths" => vec![Object::Integer(500); 95],
+        });
+        let mut content = String::from("BT /F1 10 Tf\n");
+        for (x, y, text) in lines {
+            content.push_str(&format!("1 0 0 1 {x} {y} Tm ({text}) Tj\n"));
+        }
+        content.push_str("ET\n");
+        let content = doc.add_object(Stream::new(dictionary! {}, content.into_bytes()));
+        let pages = doc.new_object_id();
+        let page = doc.add_object(dictionary! {
+            "Type" => "Page", "Parent" => pages, "Contents" => content,
+            "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
+            "Resources" => dictionary! { "Font" => dictionary! { "F1" => font } },
+        });
+        doc.objects.insert(
+            pages,
+            Object::Dictionary(dictionary! {
+                "Type" => "Pages", "Kids" => vec![page.into()], "Count" => 1,
+            }),
+        );
+        let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages });
+        doc.trailer.set("Root", catalog);
+        let mut bytes = Vec::new();
+        doc.save_to(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn two_columns_read_one_after_the_other_whatever_order_the_stream_shows_them_in() {
+        let title = "Freshet: Indexes That Stay Fresh Under Crashes".to_string();
+        let left: Vec<String> = (1..=6)
+            // The trailing space gives way to each line break.
+            .map(|n| format!("left column sentence {n} tells one story "))
+            .collect();
+        let right: Vec<String> = (1..=6)
+            .map(|n| format!("right column sentence {n} tells another"))
+            .collect();
+        let y = |k: usize| 700.0 - 12.0 * k as f64;
+        let mut row_by_row = vec![(120.0, 750.0, title.clone())];
+        let mut column_by_column = row_by_row.clone();
+        for k in 0..6 {
+            row_by_row.push((72.0, y(k), left[k].clone()));
+            row_by_row.push((320.0, y(k), right[k].clone()));
+        }
+        column_by_column.extend((0..6).map(|k| (72.0, y(k), left[k].clone())));
+        column_by_column.extend((0..6).map(|k| (320.0, y(k), right[k].clone())));
+        let expected: Vec<&str> = std::iter::once(title.as_str())
+            .chain(left.iter().map(|l| l.trim_end()))
+            .chain(right.iter().map(String::as_str))
+            .collect();
+        for lines in [row_by_row, column_by_column] {
+            let text = extract(&pdf_showing(&lines), None).unwrap().text;
+            let read: Vec<&str> = text.lines().map(str::trim).collect();
+            assert_eq!(read, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn rows_of_a_table_stay_rows() {
+        let rows = [
+            ("Owner", "search team"),
+            ("Schedule", "hourly"),
+            ("Store", "qdrant"),
+        ];
+        let mut lines = Vec::new();
+        for (k, (key, value)) in rows.iter().enumerate() {
+            let y = 700.0 - 12.0 * k as f64;
+            lines.push((72.0, y, key.to_string()));
+            lines.push((200.0, y, value.to_string()));
+        }
+        let text = extract(&pdf_showing(&lines), None).unwrap().text;
+        assert_eq!(
+            text.split_whitespace().collect::<Vec<_>>(),
+            ["Owner", "search", "team", "Schedule", "hourly", "Store", "qdrant"],
+            "{text}"
+        );
+    }
 
     #[test]
     fn comments_go_but_strings_keep_their_percent_signs() {

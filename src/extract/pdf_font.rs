@@ -5,6 +5,8 @@
 //! Invariant: a code that none of these maps yields nothing rather than a guess, so a
 //! partial CMap (one that maps only a ligature) no longer blanks out the whole font.
 
+use std::collections::BTreeMap;
+
 use lopdf::{Dictionary, Document, Object};
 use unicode_normalization::UnicodeNormalization;
 
@@ -86,6 +88,176 @@ impl SimpleFont {
             .iter()
             .filter_map(|b| self.codes[*b as usize].as_deref())
             .collect()
+    }
+}
+
+/// Glyph advances of a font in thousandths of a text-space unit, by code, for placing its
+/// text on the page (reading order only: a missing width falls back to an average one).
+pub(super) enum Advances {
+    /// One-byte codes (simple and Type3 fonts); `exact` unless the font has no `Widths`.
+    Simple {
+        widths: Box<[f64; 256]>,
+        exact: bool,
+    },
+    /// Two-byte CIDs, as Identity CMaps give them: the `W` table and the default width.
+    Composite {
+        default: f64,
+        widths: BTreeMap<u32, f64>,
+    },
+    /// Vertical writing: its glyphs do not advance along a line.
+    Vertical,
+}
+
+/// What one string of a font measures: the advance of its glyphs, how many glyphs, and
+/// how many of them are the one-byte space that word spacing widens.
+pub(super) struct Measured {
+    pub advance: f64,
+    pub glyphs: usize,
+    pub spaces: usize,
+}
+
+/// More `W` entries than this in one font are not kept (a hostile range cannot allocate).
+const MAX_CID_WIDTHS: usize = 65_536;
+
+impl Advances {
+    pub fn of_font(doc: &Document, font: &Dictionary) -> Advances {
+        let number = |o: &Object| -> Option<f64> {
+            let (_, o) = doc.dereference(o).ok()?;
+            o.as_float()
+                .ok()
+                .map(f64::from)
+                .or_else(|| o.as_i64().ok().map(|i| i as f64))
+        };
+        let array = |dict: &Dictionary, key: &[u8]| -> Option<Vec<Object>> {
+            let (_, o) = doc.dereference(dict.get(key).ok()?).ok()?;
+            o.as_array().ok().cloned()
+        };
+        let descriptor_missing = |dict: &Dictionary| -> Option<f64> {
+            let (_, d) = doc.dereference(dict.get(b"FontDescriptor").ok()?).ok()?;
+            number(d.as_dict().ok()?.get(b"MissingWidth").ok()?)
+        };
+        if font.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Type0") {
+            let vertical = font
+                .get(b"Encoding")
+                .ok()
+                .and_then(|e| e.as_name().ok())
+                .is_some_and(|name| name.ends_with(b"-V"));
+            if vertical {
+                return Advances::Vertical;
+            }
+            let descendant = array(font, b"DescendantFonts")
+                .and_then(|fonts| fonts.first().cloned())
+                .and_then(|d| doc.dereference(&d).ok().map(|(_, d)| d.clone()))
+                .and_then(|d| d.as_dict().ok().cloned());
+            let Some(descendant) = descendant else {
+                return Advances::Composite {
+                    default: 1000.0,
+                    widths: BTreeMap::new(),
+                };
+            };
+            let default = descendant
+                .get(b"DW")
+                .ok()
+                .and_then(number)
+                .unwrap_or(1000.0);
+            let mut widths = BTreeMap::new();
+            let table = array(&descendant, b"W").unwrap_or_default();
+            let mut i = 0;
+            while i + 1 < table.len() && widths.len() < MAX_CID_WIDTHS {
+                let Some(first) = number(&table[i]) else {
+                    break;
+                };
+                let first = first.max(0.0) as u32;
+                let next = doc.dereference(&table[i + 1]).ok().map(|(_, o)| o);
+                if let Some(Object::Array(list)) = next {
+                    for (k, w) in list.iter().enumerate() {
+                        if let Some(w) = number(w) {
+                            widths.insert(first.saturating_add(k as u32), w);
+                        }
+                    }
+                    i += 2;
+                } else {
+                    let (Some(last), Some(w)) =
+                        (number(&table[i + 1]), table.get(i + 2).and_then(number))
+                    else {
+                        break;
+                    };
+                    let last =
+                        (last.max(0.0) as u32).min(first.saturating_add(MAX_CID_WIDTHS as u32));
+                    for cid in first..=last {
+                        if widths.len() >= MAX_CID_WIDTHS {
+                            break;
+                        }
+                        widths.insert(cid, w);
+                    }
+                    i += 3;
+                }
+            }
+            return Advances::Composite { default, widths };
+        }
+        // Type3 widths are in glyph space, which its FontMatrix scales to text space.
+        let scale = array(font, b"FontMatrix")
+            .and_then(|m| m.first().and_then(number))
+            .map(|a| a * 1000.0)
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .unwrap_or(1.0);
+        let missing = descriptor_missing(font)
+            .filter(|w| *w > 0.0)
+            .unwrap_or(500.0);
+        let mut table = Box::new([missing * scale; 256]);
+        let first = font.get(b"FirstChar").ok().and_then(number).unwrap_or(0.0);
+        let listed = array(font, b"Widths");
+        let exact = listed.is_some();
+        if let Some(widths) = listed {
+            for (k, w) in widths.iter().enumerate() {
+                let code = first as usize + k;
+                if code < 256 {
+                    if let Some(w) = number(w) {
+                        table[code] = w * scale;
+                    }
+                }
+            }
+        }
+        Advances::Simple {
+            widths: table,
+            exact,
+        }
+    }
+
+    /// Whether the font states its widths, so a gap between two strings is a real one.
+    pub fn exact(&self) -> bool {
+        match self {
+            Advances::Simple { exact, .. } => *exact,
+            Advances::Composite { widths, .. } => !widths.is_empty(),
+            Advances::Vertical => false,
+        }
+    }
+
+    /// `None` for vertical writing.
+    pub fn measure(&self, bytes: &[u8]) -> Option<Measured> {
+        match self {
+            Advances::Simple { widths, .. } => Some(Measured {
+                advance: bytes.iter().map(|b| widths[*b as usize]).sum(),
+                glyphs: bytes.len(),
+                spaces: bytes.iter().filter(|b| **b == b' ').count(),
+            }),
+            Advances::Composite { default, widths } => {
+                let codes = bytes
+                    .chunks(2)
+                    .map(|pair| pair.iter().fold(0u32, |acc, b| (acc << 8) | *b as u32));
+                let mut measured = Measured {
+                    advance: 0.0,
+                    glyphs: 0,
+                    spaces: 0,
+                };
+                for code in codes {
+                    measured.advance += widths.get(&code).copied().unwrap_or(*default);
+                    measured.glyphs += 1;
+                }
+                Some(measured)
+            }
+            Advances::Vertical => None,
+        }
     }
 }
 
