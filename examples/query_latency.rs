@@ -3,7 +3,10 @@
 //! query-embedding time. Prints figures; asserts nothing.
 //!
 //! Run: `cargo run --release --example query_latency -- [--points 100000]
-//! [--text DIR] [--queries FILE.jsonl]...`
+//! [--text DIR] [--queries FILE.jsonl]... [--optimize]`
+//!
+//! `--optimize` runs the engine's optimiser (HNSW indexing, vacuum) after loading, to show
+//! what it would give; syncs do not run it (see `EdgeStore::optimize`).
 //!
 //! The points' BM25 vectors and payload text are windows of 150 words of real text (the
 //! `.md` files under `--text`, by default the crates cargo unpacked); their dense vectors
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         .context("no CARGO_HOME or HOME")?
         .join("registry/src");
     let mut query_files = Vec::new();
+    let mut optimize = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("a value after the flag");
@@ -35,6 +39,7 @@ fn main() -> anyhow::Result<()> {
             "--points" => points = value()?.parse()?,
             "--text" => text_dir = PathBuf::from(value()?),
             "--queries" => query_files.push(PathBuf::from(value()?)),
+            "--optimize" => optimize = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -100,12 +105,28 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         runtime.block_on(store.upsert(batch))?;
+        if (batch_start + 1_000) % 50_000 == 0 {
+            println!(
+                "  {} points after {:.1}s",
+                batch_start + 1_000,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     println!(
         "loaded in {:.1}s ({:.0} points/s)",
         started.elapsed().as_secs_f64(),
         points as f64 / started.elapsed().as_secs_f64()
     );
+
+    if optimize {
+        let started = Instant::now();
+        let changed = runtime.block_on(store.optimize())?;
+        println!(
+            "optimised in {:.1}s (changed: {changed})",
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     let mut embed_ms = Vec::new();
     let mut dense = Vec::new();

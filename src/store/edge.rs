@@ -212,6 +212,24 @@ impl EdgeStore {
             .map(|v| v.size)
     }
 
+    /// Runs the engine's optimisers to completion (HNSW indexing of large segments,
+    /// vacuum of deleted points, merging), then flushes. `examples/query_latency` measures
+    /// what it gives; syncs do not call it yet: the engine writes the optimised segment
+    /// before it deletes the ones it replaces, and qdrant-edge 0.7 does not deduplicate
+    /// points when it loads, so a kill -9 between the two would leave two copies of the
+    /// same points, of which a later upsert updates one.
+    pub async fn optimize(&self) -> Result<bool, StoreError> {
+        let shard = self.shard.clone();
+        blocking(move || {
+            let changed = shard
+                .optimize()
+                .map_err(|err| StoreError::Operation(err.to_string()))?;
+            shard.flush();
+            Ok(changed)
+        })
+        .await?
+    }
+
     async fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
         let shard = self.shard.clone();
         blocking(move || {
