@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     if pdf_dirs.is_empty() && chardet.is_none() && charset_normalizer.is_none() {
         pdf_dirs = vec![
             bench.join("pikepdf-9.11.0/tests/resources"),
-            bench.join("pypdf-7.1.1"),
+            bench.with_file_name("pypdf-7.1.1"),
         ];
         chardet = Some(bench.join("chardet-5.2.0/tests"));
         charset_normalizer = Some(bench.join("charset_normalizer-3.4.2"));
@@ -364,7 +364,7 @@ fn ocr_figures(bench: &Path) -> anyhow::Result<()> {
     let mut pdfs = Vec::new();
     for dir in [
         bench.join("pikepdf-9.11.0/tests/resources"),
-        bench.join("pypdf-7.1.1"),
+        bench.with_file_name("pypdf-7.1.1"),
     ] {
         files_with(
             &dir,

@@ -22,7 +22,7 @@ fn fixtures(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("FRESHET_FIXTURES_DIR")
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("freshet/fixtures")))?;
-    if dir.join("odfpy-1.4.1/.complete").exists() {
+    if dir.join("odfpy-1.4.1/.complete").exists() && dir.join("pypdf-7.1.1/.complete").exists() {
         return Some(dir);
     }
     if std::env::var_os("FRESHET_REQUIRE_FIXTURES").is_some() {
@@ -521,6 +521,26 @@ async fn hostile_documents_fail_alone_without_exhausting_memory() {
         matches!(&err, ExtractError::Invalid(m) if m.contains("word/document.xml")),
         "{err}"
     );
+}
+
+/// pypdf's hello-world.pdf says "Hello World" in seven scripts. Its Arabic glyphs are
+/// drawn left to right, in visual order, and its Thai vowel marks are placed by moves that
+/// shift the baseline a little; both read as pdftotext reads them.
+#[test]
+fn right_to_left_text_reads_in_logical_order_and_thai_marks_stay_on_their_line() {
+    let Some(dir) = fixtures("right-to-left PDF") else {
+        return;
+    };
+    let pdf = std::fs::read(dir.join("pypdf-7.1.1/resources/hello-world.pdf")).unwrap();
+    let text = extract(&pdf, MediaType::Pdf).unwrap().text;
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for expected in ["Hello World", "مرحبا بالعالم", "Привет, мир", "สวัสดีชาวโลก"]
+    {
+        assert!(
+            lines.contains(&expected),
+            "{expected} not a line of:\n{text}"
+        );
+    }
 }
 
 #[test]

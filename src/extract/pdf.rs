@@ -15,7 +15,7 @@ use lopdf::{Dictionary, Document, Encoding, Object, ObjectId};
 
 use super::ocr::Ocr;
 use super::pdf_font::{Advances, SimpleFont};
-use super::pdf_layout::{column_order, Place, Span};
+use super::pdf_layout::{column_order, logical_order, Place, Span};
 use super::text::normalize;
 use super::{ExtractError, Extracted};
 
@@ -511,6 +511,15 @@ fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Notes), lopdf
         0,
     );
     let text = column_order(&page.text, &page.spans).unwrap_or(page.text);
+    // Glyphs advance rightwards, so a line's right-to-left text is stored in visual order.
+    let text = if text.lines().any(|line| logical_order(line).is_some()) {
+        text.split('\n')
+            .map(|line| logical_order(line).unwrap_or_else(|| line.to_string()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        text
+    };
     Ok((text, notes))
 }
 
@@ -754,8 +763,11 @@ fn run_content<'f, 'a>(
                     state.tlm = m;
                 }
                 let y = operand(operands, 5);
+                // A shift of less than half the type size is a mark or superscript
+                // placed on the same line, not a new line.
+                let half_size = (0.5 * state.size.abs() * state.tm.0[3].abs()).max(0.5);
                 if let (Some(previous), Some(y)) = (line_y, y) {
-                    if (previous - y).abs() > 0.5 {
+                    if (previous - y).abs() > half_size {
                         newline(page);
                     }
                 }

@@ -1,5 +1,6 @@
-//! Reading order for a PDF page set in columns: the text each operator showed, placed on
-//! the page, is cut into blocks (recursive XY-cut) and read column by column, top down.
+//! Reading order for a PDF page: a page set in columns is cut into blocks (recursive
+//! XY-cut) and read column by column, top down; right-to-left text, which PDF strings
+//! store in visual order, is turned back into logical order.
 //!
 //! Invariant: a page without columns keeps its content-stream text exactly as it was. Only a
 //! vertical gap with a wide block of several lines of text on each side reorders a page,
@@ -241,6 +242,85 @@ fn horizontal_cut(segments: &[Segment], region: &[usize]) -> Option<f64> {
     best.map(|(_, y)| y)
 }
 
+/// Whether `c` is a letter of a right-to-left script (Hebrew, Arabic, Syriac, Thaana, NKo
+/// and their presentation forms).
+fn is_rtl(c: char) -> bool {
+    matches!(c,
+        '\u{0590}'..='\u{08FF}' | '\u{FB1D}'..='\u{FDFF}' | '\u{FE70}'..='\u{FEFF}')
+        && !is_mark(c)
+}
+
+/// Combining marks of those scripts, which follow their base letter in logical order.
+fn is_mark(c: char) -> bool {
+    matches!(c,
+        '\u{0591}'..='\u{05BD}' | '\u{05BF}' | '\u{05C1}'..='\u{05C2}' | '\u{05C4}'..='\u{05C5}'
+        | '\u{05C7}' | '\u{0610}'..='\u{061A}' | '\u{064B}'..='\u{065F}' | '\u{0670}'
+        | '\u{06D6}'..='\u{06DC}' | '\u{06DF}'..='\u{06E4}' | '\u{06E7}'..='\u{06E8}'
+        | '\u{06EA}'..='\u{06ED}' | '\u{0300}'..='\u{036F}')
+}
+
+/// A line of page text in logical order. A PDF's glyphs advance left to right, so its
+/// right-to-left text is stored in visual order: each run of right-to-left letters (with
+/// the spaces and punctuation between them) is reversed, letter by letter with each
+/// letter's marks kept after it; left-to-right text and digits stay as they are (so in a
+/// right-to-left line with a Latin word inside, the words read right but the runs on
+/// either side of the Latin word keep their visual order). `None` when the line has no
+/// right-to-left letters.
+pub(super) fn logical_order(text: &str) -> Option<String> {
+    if !text.chars().any(is_rtl) {
+        return None;
+    }
+    // Letters with their marks, then runs of those that read right to left.
+    let mut clusters: Vec<(bool, String)> = Vec::new();
+    for c in text.chars() {
+        match clusters.last_mut() {
+            Some((_, cluster)) if is_mark(c) => cluster.push(c),
+            _ => clusters.push((is_rtl(c), c.to_string())),
+        }
+    }
+    // A neutral (space, punctuation) between two right-to-left letters belongs to their run.
+    let strong: Vec<Option<bool>> = clusters
+        .iter()
+        .map(|(rtl, cluster)| {
+            let c = cluster.chars().next().unwrap_or(' ');
+            if *rtl {
+                Some(true)
+            } else if c.is_alphanumeric() {
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let in_run = |i: usize| -> bool {
+        match strong[i] {
+            Some(rtl) => rtl,
+            None => {
+                let before = strong[..i].iter().rev().find_map(|s| *s);
+                let after = strong[i + 1..].iter().find_map(|s| *s);
+                before == Some(true) && after == Some(true)
+            }
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < clusters.len() {
+        if in_run(i) {
+            let start = i;
+            while i < clusters.len() && in_run(i) {
+                i += 1;
+            }
+            for (_, cluster) in clusters[start..i].iter().rev() {
+                out.push_str(cluster);
+            }
+        } else {
+            out.push_str(&clusters[i].1);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +476,26 @@ mod tests {
         spans[3].end = spans[3].start;
         spans[3].start = spans[2].end - 1;
         assert_eq!(column_order(&text, &spans), None);
+    }
+
+    #[test]
+    fn right_to_left_runs_read_in_logical_order() {
+        // Arabic "marhaban bialealam" as a PDF string stores it: visual order.
+        assert_eq!(
+            logical_order("ملاعلاب ابحرم").as_deref(),
+            Some("مرحبا بالعالم")
+        );
+        // Hebrew "shalom olam" with Latin and digits beside it: only the Hebrew turns.
+        assert_eq!(
+            logical_order("Hello םלוע םולש 2026").as_deref(),
+            Some("Hello שלום עולם 2026")
+        );
+        // A mark stays after its letter: "bi" (beh + kasra) stored visually after "mn".
+        assert_eq!(
+            logical_order("نم\u{0628}\u{0650}").as_deref(),
+            Some("\u{0628}\u{0650}من")
+        );
+        assert_eq!(logical_order("plain English, 42"), None);
     }
 
     #[test]
