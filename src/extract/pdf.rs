@@ -15,7 +15,7 @@ use lopdf::{Dictionary, Document, Encoding, Object, ObjectId};
 
 use super::ocr::Ocr;
 use super::pdf_font::{Advances, SimpleFont};
-use super::pdf_layout::{column_order, logical_order, Place, Span};
+use super::pdf_layout::{column_order, logical_lines, Place, Span};
 use super::text::normalize;
 use super::{ExtractError, Extracted};
 
@@ -261,15 +261,7 @@ fn page_size(doc: &Document, page_id: ObjectId) -> (f64, f64) {
             .and_then(|o| doc.dereference(o).ok())
             .and_then(|(_, o)| o.as_array().ok());
         if let Some(bbox) = bbox {
-            let n: Vec<f64> = bbox
-                .iter()
-                .filter_map(|o| {
-                    o.as_float()
-                        .ok()
-                        .map(f64::from)
-                        .or_else(|| o.as_i64().ok().map(|i| i as f64))
-                })
-                .collect();
+            let n: Vec<f64> = bbox.iter().filter_map(number).collect();
             if n.len() == 4 {
                 return ((n[2] - n[0]).abs(), (n[3] - n[1]).abs());
             }
@@ -512,15 +504,7 @@ fn page_text(doc: &Document, page_id: ObjectId) -> Result<(String, Notes), lopdf
     );
     let text = column_order(&page.text, &page.spans).unwrap_or(page.text);
     // Glyphs advance rightwards, so a line's right-to-left text is stored in visual order.
-    let text = if text.lines().any(|line| logical_order(line).is_some()) {
-        text.split('\n')
-            .map(|line| logical_order(line).unwrap_or_else(|| line.to_string()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    } else {
-        text
-    };
-    Ok((text, notes))
+    Ok((logical_lines(text), notes))
 }
 
 /// The text a page's content shows so far, and where each shown string sits.

@@ -128,10 +128,10 @@ impl Advances {
                 .map(f64::from)
                 .or_else(|| o.as_i64().ok().map(|i| i as f64))
         };
-        let array = |dict: &Dictionary, key: &[u8]| -> Option<Vec<Object>> {
+        fn array<'d>(doc: &'d Document, dict: &'d Dictionary, key: &[u8]) -> Option<&'d [Object]> {
             let (_, o) = doc.dereference(dict.get(key).ok()?).ok()?;
-            o.as_array().ok().cloned()
-        };
+            o.as_array().ok().map(Vec::as_slice)
+        }
         let descriptor_missing = |dict: &Dictionary| -> Option<f64> {
             let (_, d) = doc.dereference(dict.get(b"FontDescriptor").ok()?).ok()?;
             number(d.as_dict().ok()?.get(b"MissingWidth").ok()?)
@@ -145,10 +145,10 @@ impl Advances {
             if vertical {
                 return Advances::Vertical;
             }
-            let descendant = array(font, b"DescendantFonts")
-                .and_then(|fonts| fonts.first().cloned())
-                .and_then(|d| doc.dereference(&d).ok().map(|(_, d)| d.clone()))
-                .and_then(|d| d.as_dict().ok().cloned());
+            let descendant = array(doc, font, b"DescendantFonts")
+                .and_then(|fonts| fonts.first())
+                .and_then(|d| doc.dereference(d).ok())
+                .and_then(|(_, d)| d.as_dict().ok());
             let Some(descendant) = descendant else {
                 return Advances::Composite {
                     default: 1000.0,
@@ -161,7 +161,7 @@ impl Advances {
                 .and_then(number)
                 .unwrap_or(1000.0);
             let mut widths = BTreeMap::new();
-            let table = array(&descendant, b"W").unwrap_or_default();
+            let table = array(doc, descendant, b"W").unwrap_or_default();
             let mut i = 0;
             while i + 1 < table.len() && widths.len() < MAX_CID_WIDTHS {
                 let Some(first) = number(&table[i]) else {
@@ -196,7 +196,7 @@ impl Advances {
             return Advances::Composite { default, widths };
         }
         // Type3 widths are in glyph space, which its FontMatrix scales to text space.
-        let scale = array(font, b"FontMatrix")
+        let scale = array(doc, font, b"FontMatrix")
             .and_then(|m| m.first().and_then(number))
             .map(|a| a * 1000.0)
             .filter(|s| s.is_finite() && *s > 0.0)
@@ -206,7 +206,7 @@ impl Advances {
             .unwrap_or(500.0);
         let mut table = Box::new([missing * scale; 256]);
         let first = font.get(b"FirstChar").ok().and_then(number).unwrap_or(0.0);
-        let listed = array(font, b"Widths");
+        let listed = array(doc, font, b"Widths");
         let exact = listed.is_some();
         if let Some(widths) = listed {
             for (k, w) in widths.iter().enumerate() {

@@ -259,6 +259,17 @@ fn is_mark(c: char) -> bool {
         | '\u{06EA}'..='\u{06ED}' | '\u{0300}'..='\u{036F}')
 }
 
+/// Page text with each line in logical order (see [`logical_order`]).
+pub(super) fn logical_lines(text: String) -> String {
+    if !text.chars().any(is_rtl) {
+        return text;
+    }
+    text.split('\n')
+        .map(|line| logical_order(line).unwrap_or_else(|| line.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A line of page text in logical order. A PDF's glyphs advance left to right, so its
 /// right-to-left text is stored in visual order: each run of right-to-left letters (with
 /// the spaces and punctuation between them) is reversed, letter by letter with each
@@ -292,22 +303,27 @@ pub(super) fn logical_order(text: &str) -> Option<String> {
             }
         })
         .collect();
-    let in_run = |i: usize| -> bool {
-        match strong[i] {
-            Some(rtl) => rtl,
-            None => {
-                let before = strong[..i].iter().rev().find_map(|s| *s);
-                let after = strong[i + 1..].iter().find_map(|s| *s);
-                before == Some(true) && after == Some(true)
-            }
+    // Two passes keep this linear however long the line: the strong direction before
+    // each cluster, then after it.
+    let mut in_run = vec![false; clusters.len()];
+    let mut before = None;
+    for (i, s) in strong.iter().enumerate() {
+        in_run[i] = s.unwrap_or(before == Some(true));
+        before = s.or(before);
+    }
+    let mut after = None;
+    for (i, s) in strong.iter().enumerate().rev() {
+        if s.is_none() {
+            in_run[i] &= after == Some(true);
         }
-    };
+        after = s.or(after);
+    }
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < clusters.len() {
-        if in_run(i) {
+        if in_run[i] {
             let start = i;
-            while i < clusters.len() && in_run(i) {
+            while i < clusters.len() && in_run[i] {
                 i += 1;
             }
             for (_, cluster) in clusters[start..i].iter().rev() {
