@@ -100,12 +100,19 @@ fn show_file(path: &Path) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             );
             for part in &doc.parts {
-                println!(
-                    "   part {} ({}): {} bytes of text",
-                    part.name,
-                    part.media.name(),
-                    part.doc.text.len()
-                );
+                match &part.doc {
+                    Ok(text) => println!(
+                        "   part {} ({}): {} bytes of text",
+                        part.name,
+                        part.media.name(),
+                        text.text.len()
+                    ),
+                    Err(reason) => println!(
+                        "   part {} ({}): failed: {reason}",
+                        part.name,
+                        part.media.name()
+                    ),
+                }
             }
             if !doc.metadata.is_empty() {
                 println!(

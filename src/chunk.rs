@@ -33,9 +33,6 @@ pub struct Chunk {
     pub embed_text: String,
     /// blake3 of `embed_text`: two chunks with the same hash get the same vector.
     pub hash: String,
-    /// The attachment this chunk comes from (its file name and type), `None` for the
-    /// document's own text; byte ranges and pages are then the attachment's own.
-    pub part: Option<(String, MediaType)>,
 }
 
 pub struct Chunker {
@@ -73,26 +70,9 @@ impl Chunker {
         )
     }
 
-    /// Splits a document, then each document carried inside it, numbering the chunks on.
-    /// Pure and CPU-bound: call it off the async runtime.
+    /// Splits a document's own text (the documents carried inside it are chunked as
+    /// documents of their own). Pure and CPU-bound: call it off the async runtime.
     pub fn chunk(&self, doc: &Extracted, media: MediaType) -> Vec<Chunk> {
-        let mut chunks = self.chunk_one(doc, media, None, 0);
-        for part in &doc.parts {
-            let first = chunks.len() as u32;
-            let title = part.doc.title.clone().unwrap_or_else(|| part.name.clone());
-            chunks.extend(self.chunk_one(&part.doc, part.media, Some((&part.name, &title)), first));
-        }
-        chunks
-    }
-
-    /// `part`: the attachment's name and title, when `doc` is one.
-    fn chunk_one(
-        &self,
-        doc: &Extracted,
-        media: MediaType,
-        part: Option<(&String, &String)>,
-        first_index: u32,
-    ) -> Vec<Chunk> {
         let config = ChunkConfig::new(self.settings.max_tokens)
             .with_sizer(&self.tokenizer)
             .with_overlap(self.settings.overlap_tokens)
@@ -115,16 +95,15 @@ impl Chunker {
                     .page_at(end.saturating_sub(1))
                     .filter(|p| Some(*p) != page);
                 let heading_path = doc.heading_path_at(start).to_vec();
-                let title = part
-                    .map(|(_, title)| title.as_str())
-                    .or(doc.title.as_deref());
                 let embed_text = match self.settings.context {
-                    ChunkContext::Heading => contextual_text(&heading_path, title, text),
+                    ChunkContext::Heading => {
+                        contextual_text(&heading_path, doc.title.as_deref(), text)
+                    }
                     ChunkContext::None => text.to_string(),
                 };
                 let hash = blake3::hash(embed_text.as_bytes()).to_hex().to_string();
                 Chunk {
-                    index: first_index + index as u32,
+                    index: index as u32,
                     text: text.to_string(),
                     byte_start: start,
                     byte_end: end,
@@ -133,7 +112,6 @@ impl Chunker {
                     heading_path,
                     embed_text,
                     hash,
-                    part: part.map(|(name, _)| (name.clone(), media)),
                 }
             })
             .collect()
@@ -225,32 +203,6 @@ mod tests {
         }
         let indices: Vec<u32> = a.iter().map(|c| c.index).collect();
         assert_eq!(indices, (0..a.len() as u32).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn parts_are_chunked_apart_and_numbered_on() {
-        let settings = ChunkingConfig {
-            max_tokens: 64,
-            overlap_tokens: 0,
-            ..ChunkingConfig::default()
-        };
-        let chunker = Chunker::new(tokenizer(), settings);
-        let mut message = doc("The message body says to see the attached report.");
-        let mut report = doc("# Report\n\nQuarterly figures are in the table below.");
-        report.title = Some("Q3 report".into());
-        message.parts.push(crate::extract::Part {
-            name: "q3.md".into(),
-            media: MediaType::Markdown,
-            doc: report,
-        });
-        let chunks = chunker.chunk(&message, MediaType::Email);
-        assert_eq!(chunks.len(), 2);
-        assert_eq!((chunks[0].index, chunks[0].part.clone()), (0, None));
-        assert_eq!(chunks[1].index, 1);
-        assert_eq!(chunks[1].part, Some(("q3.md".into(), MediaType::Markdown)));
-        assert_eq!(chunks[1].byte_start, 0);
-        assert_eq!(chunks[1].heading_path, ["Report"]);
-        assert!(!chunks[1].text.contains("message body"));
     }
 
     #[test]

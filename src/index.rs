@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::chunk::Chunker;
 use crate::config::{Config, ConfigError, OcrKind};
 use crate::embed::Embedder;
-use crate::extract::{ExtractOptions, Ocr, EXTRACTOR_VERSION};
+use crate::extract::{ExtractOptions, MediaType, Ocr, EXTRACTOR_VERSION};
 use crate::ledger::{Leases, Ledger};
 use crate::rerank::Reranker;
 use crate::sparse::Bm25Encoder;
@@ -328,10 +328,28 @@ impl Index {
         )
     }
 
-    /// The fingerprint of documents the extraction options apply to: turning OCR on
-    /// re-reads scans and images, not the whole corpus.
-    pub fn read_fingerprint(&self) -> String {
-        self.fingerprint() + &self.extract.fingerprint()
+    /// The fingerprint of documents of one type: the extraction options count only for
+    /// the types they apply to (turning OCR on re-reads scans and images, not the whole
+    /// corpus), and a format's own reader version only for that format.
+    pub fn fingerprint_of(&self, media: MediaType) -> String {
+        let mut fingerprint = self.fingerprint();
+        if ExtractOptions::apply_to(media) {
+            fingerprint.push_str(&self.extract.fingerprint());
+        }
+        fingerprint + media.reader_version()
+    }
+
+    /// Every fingerprint a row may carry under the current settings: of each type, and
+    /// of a row of no known type.
+    pub fn current_fingerprints(&self) -> Vec<String> {
+        let mut all: Vec<String> = MediaType::ALL
+            .iter()
+            .map(|m| self.fingerprint_of(*m))
+            .collect();
+        all.push(self.fingerprint());
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// The mode a query uses when none is asked for: hybrid where the index keeps a

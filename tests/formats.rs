@@ -177,30 +177,36 @@ async fn one_real_file_of_each_format_is_indexed_with_its_structure_and_found() 
         .all(|p| !heading_path(p).is_empty()
             || str_field(p, "text").starts_with("Live Systems Manual")));
 
-    // Email: subject, sender, recipients and date in the payload; attachments as sections.
+    // Email: subject, sender, recipients and date in the payload; an attachment is a
+    // document of its own under the message's key, typed, named, and carrying the
+    // message's fields.
     let mail = of("bills.eml");
     assert_eq!(str_field(mail[0], "subject"), "Hi there");
     assert!(str_field(mail[0], "from").contains("Oneil.844@randtelekom.com.tr"));
     assert_eq!(str_field(mail[0], "date"), "2016-08-22T16:56:09+03:00");
-    // The attachment is a part of its own under the message's key: chunked apart, named,
-    // typed, and carrying the message's fields.
-    let attachment: Vec<&&Payload> = mail
+    assert!(mail
         .iter()
-        .filter(|p| p.get("attachment").and_then(|a| a.as_str()) == Some("message.txt"))
-        .collect();
+        .any(|p| p.get("attachment").is_none()
+            && str_field(p, "text").contains("bills of the goods")));
+    let attachment = of("bills.eml/message.txt");
     assert!(!attachment.is_empty());
     assert!(attachment
         .iter()
-        .all(|p| str_field(p, "attachment_type") == "text"
+        .all(|p| str_field(p, "attachment") == "message.txt"
+            && str_field(p, "parent_key") == "bills.eml"
+            && str_field(p, "media_type") == "text"
             && str_field(p, "subject") == "Hi there"
             && !str_field(p, "text").contains("bills of the goods")));
     assert!(attachment
         .iter()
         .any(|p| str_field(p, "text").contains("The WatchGuard Firebox")));
-    assert!(mail
-        .iter()
-        .any(|p| p.get("attachment").is_none()
-            && str_field(p, "text").contains("bills of the goods")));
+    let row = index
+        .ledger
+        .get("docs", "bills.eml/message.txt")
+        .await
+        .unwrap()
+        .expect("the attachment has a ledger row of its own");
+    assert_eq!(row.parent_key.as_deref(), Some("bills.eml"));
 
     // And each is found by what it says.
     for (query, key) in [

@@ -54,6 +54,7 @@ fn record(key: &str) -> DocRecord {
         decode_warning: None,
         first_indexed_at: None,
         updated_at: freshet::ledger::now(),
+        parent_key: None,
     }
 }
 

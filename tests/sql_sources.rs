@@ -288,12 +288,7 @@ async fn cursor_tracking(url: &str, tag: &str, timestamp: &str, ago: &dyn Fn(u32
     assert_eq!(first.totals.added, 3, "{first:#?}");
     assert!(index
         .ledger
-        .cursor(
-            "rows",
-            "rows",
-            None,
-            &[index.fingerprint(), index.read_fingerprint()]
-        )
+        .cursor("rows", "rows", None, &index.current_fingerprints())
         .await
         .unwrap()
         .is_some());

@@ -83,6 +83,7 @@ fn record(index: &Index, i: usize, fingerprint: &str, now: &str) -> DocRecord {
         decode_warning: None,
         first_indexed_at: Some(now.into()),
         updated_at: now.into(),
+        parent_key: None,
     }
 }
 

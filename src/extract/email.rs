@@ -1,11 +1,14 @@
 //! Email (`.eml`, RFC 5322/MIME) -> the message's text and HTML bodies, with subject,
 //! sender, recipients and date as payload fields; attachments of supported types become
-//! parts of their own (chunked apart, with their own pages and headings, under the
-//! message's key); forwarded messages are read inline to a bounded depth.
+//! parts (documents of their own under the message's key, with their own pages and
+//! headings); forwarded messages are read inline to a bounded depth.
 //!
 //! Invariant: attachments are read by the same extractors as files, and one that cannot
-//! be read is named in the warning, never indexed as bytes.
+//! be read is a failed part with its reason, never indexed as bytes.
 
+use std::collections::HashSet;
+
+use freshet_connectors::content_hash;
 use mail_parser::{Address, MessageParser, MimeHeaders, PartType};
 
 use super::markdown::MarkdownWriter;
@@ -21,7 +24,14 @@ pub fn extract(bytes: &[u8], options: &ExtractOptions) -> Result<Extracted, Extr
     let mut out = MarkdownWriter::default();
     let mut problems: Vec<String> = Vec::new();
     let mut parts = Vec::new();
-    write_message(&message, options, &mut out, &mut parts, &mut problems, 0);
+    let mut names = HashSet::new();
+    let mut found = Found {
+        options,
+        parts: &mut parts,
+        names: &mut names,
+        problems: &mut problems,
+    };
+    write_message(&message, &mut out, &mut found, 0);
     let subject = message.subject().map(str::to_string);
     let mut doc = out.finish(
         subject.clone(),
@@ -59,12 +69,19 @@ fn addresses(address: &Address) -> String {
         .join(", ")
 }
 
+/// What reading a message collects besides its text.
+struct Found<'a> {
+    options: &'a ExtractOptions,
+    parts: &'a mut Vec<Part>,
+    /// Part names given so far (a forwarded message's attachments join the outer ones).
+    names: &'a mut HashSet<String>,
+    problems: &'a mut Vec<String>,
+}
+
 fn write_message(
     message: &mail_parser::Message,
-    options: &ExtractOptions,
     out: &mut MarkdownWriter,
-    parts: &mut Vec<Part>,
-    problems: &mut Vec<String>,
+    found: &mut Found,
     depth: usize,
 ) {
     for part in message.text_bodies() {
@@ -72,34 +89,122 @@ fn write_message(
             PartType::Text(text) => out.paragraph(text),
             PartType::Html(html) => match super::html::extract(html.as_bytes()) {
                 Ok(doc) => out.markdown(&doc.text),
-                Err(err) => problems.push(format!("HTML body: {err}")),
+                Err(err) => found.problems.push(format!("HTML body: {err}")),
             },
             _ => {}
         }
     }
     for part in message.attachments() {
-        let name = part.attachment_name().unwrap_or("unnamed").to_string();
+        let given = part.attachment_name().unwrap_or("unnamed").to_string();
         if let PartType::Message(inner) = &part.body {
             if depth + 1 >= MAX_DEPTH {
-                problems.push(format!("attachment {name}: forwarded too deep, not opened"));
+                found.problems.push(format!(
+                    "attachment {given}: forwarded too deep, not opened"
+                ));
                 continue;
             }
             out.heading(
                 1,
-                &format!("Attachment: {}", inner.subject().unwrap_or(&name)),
+                &format!("Attachment: {}", inner.subject().unwrap_or(&given)),
             );
-            write_message(inner, options, out, parts, problems, depth + 1);
+            write_message(inner, out, found, depth + 1);
             continue;
         }
-        let Some(media) = MediaType::from_key(&name).filter(|m| *m != MediaType::Email) else {
+        let Some(media) = MediaType::from_key(&given).filter(|m| *m != MediaType::Email) else {
             continue;
         };
-        match extract_with(part.contents(), media, options) {
-            Ok(doc) => parts.push(Part { name, media, doc }),
-            Err(ExtractError::Skip(_)) => {}
-            Err(ExtractError::Invalid(reason)) => {
-                problems.push(format!("attachment {name}: {reason}"))
+        let bytes = part.contents();
+        let doc = match extract_with(bytes, media, found.options) {
+            Ok(mut doc) => {
+                if doc.title.is_none() {
+                    doc.title = Some(given.clone());
+                }
+                Ok(doc)
             }
-        }
+            // Nothing to index (empty, an image without OCR): not a document.
+            Err(ExtractError::Skip(_)) => continue,
+            Err(ExtractError::Invalid(reason)) => Err(reason),
+        };
+        found.parts.push(Part {
+            name: unique_name(&given, found.names),
+            media,
+            hash: content_hash(bytes),
+            doc,
+        });
+    }
+}
+
+/// A key segment for an attachment: its file name without path separators or control
+/// characters, made unique among the message's parts (`report.pdf`, `report-2.pdf`).
+fn unique_name(given: &str, taken: &mut HashSet<String>) -> String {
+    let clean: String = given
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let clean = if clean.is_empty() || clean == "." || clean == ".." {
+        "attachment".to_string()
+    } else {
+        clean
+    };
+    let mut name = clean.clone();
+    let mut n = 1;
+    while !taken.insert(name.clone()) {
+        n += 1;
+        name = match clean.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => format!("{stem}-{n}.{ext}"),
+            _ => format!("{clean}-{n}"),
+        };
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachment_names_are_one_unique_key_segment() {
+        let mut taken = HashSet::new();
+        assert_eq!(unique_name("report.pdf", &mut taken), "report.pdf");
+        assert_eq!(unique_name("report.pdf", &mut taken), "report-2.pdf");
+        assert_eq!(unique_name("report.pdf", &mut taken), "report-3.pdf");
+        assert_eq!(unique_name("../x/y.txt", &mut taken), ".._x_y.txt");
+        assert_eq!(unique_name(" ", &mut taken), "attachment");
+        assert_eq!(unique_name("..", &mut taken), "attachment-2");
+        assert_eq!(unique_name("README", &mut taken), "README");
+        assert_eq!(unique_name("README", &mut taken), "README-2");
+    }
+
+    #[test]
+    fn attachments_become_parts_and_a_broken_one_fails_alone() {
+        let message = "From: a@example.com\r\nTo: b@example.com\r\nSubject: Q3\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n\
+--XX\r\nContent-Type: text/plain\r\n\r\nSee the notes.\r\n\
+--XX\r\nContent-Type: text/markdown\r\nContent-Disposition: attachment; filename=notes.md\r\n\r\n# Notes\r\nRevenue rose.\r\n\
+--XX\r\nContent-Type: text/markdown\r\nContent-Disposition: attachment; filename=notes.md\r\n\r\n# More\r\nCosts fell.\r\n\
+--XX\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=broken.pdf\r\n\r\nnot a pdf at all\r\n\
+--XX\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=data.zip\r\n\r\nPK\r\n\
+--XX--\r\n";
+        let doc = extract(message.as_bytes(), &ExtractOptions::default()).unwrap();
+        assert!(doc.text.contains("See the notes."));
+        assert!(
+            !doc.text.contains("Revenue"),
+            "attachments are not the body"
+        );
+        let names: Vec<&str> = doc.parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["notes.md", "notes-2.md", "broken.pdf"]);
+        let first = doc.parts[0].doc.as_ref().unwrap();
+        assert!(first.text.contains("Revenue rose."));
+        assert_eq!(first.title.as_deref(), Some("Notes"));
+        assert_ne!(doc.parts[0].hash, doc.parts[1].hash);
+        assert!(doc.parts[2].doc.is_err(), "{:?}", doc.parts[2].doc);
+        assert_eq!(doc.decode_warning, None, "a failed attachment fails alone");
     }
 }

@@ -31,7 +31,7 @@ pub use text::{decode_text, normalize, Decoded};
 pub const EXTRACTOR_VERSION: u32 = 2;
 
 /// The closed set of formats freshet reads. Anything else is skipped with a reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaType {
     Markdown,
@@ -53,6 +53,34 @@ pub enum MediaType {
 }
 
 impl MediaType {
+    pub const ALL: [MediaType; 15] = [
+        MediaType::Markdown,
+        MediaType::PlainText,
+        MediaType::Code,
+        MediaType::Html,
+        MediaType::Pdf,
+        MediaType::Docx,
+        MediaType::Odt,
+        MediaType::Pptx,
+        MediaType::Odp,
+        MediaType::Xlsx,
+        MediaType::Xls,
+        MediaType::Ods,
+        MediaType::Epub,
+        MediaType::Email,
+        MediaType::Image,
+    ];
+
+    /// What this type's own reader adds to the fingerprint of its documents: bumped when
+    /// only this format's output changes, so that only its documents are read again.
+    /// Email 2: attachments are documents of their own, no longer parts of the message.
+    pub fn reader_version(self) -> &'static str {
+        match self {
+            MediaType::Email => ";email=v2",
+            _ => "",
+        }
+    }
+
     /// The media type a source names: [`MediaType::name`] of each variant.
     pub fn from_name(name: &str) -> Option<MediaType> {
         Some(match name {
@@ -165,17 +193,21 @@ pub struct Extracted {
     /// Fields the format itself carries into the payload (an email's subject, from, to,
     /// date).
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// Documents carried inside this one (an email's attachments), each chunked on its own
-    /// with its own provenance and indexed under this document's key.
+    /// Documents carried inside this one (an email's attachments): each becomes a
+    /// document of its own, keyed `<this key>/<name>`.
     pub parts: Vec<Part>,
 }
 
 /// A document inside another: an attachment, by its file name and type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
+    /// Unique among its siblings, and a single key segment (no `/`).
     pub name: String,
     pub media: MediaType,
-    pub doc: Extracted,
+    /// The content hash of the attachment's bytes.
+    pub hash: String,
+    /// Its text, or why it could not be read (the attachment fails alone).
+    pub doc: Result<Extracted, String>,
 }
 
 impl Extracted {

@@ -86,6 +86,18 @@ pub struct DocRecord {
     pub decode_warning: Option<String>,
     pub first_indexed_at: Option<String>,
     pub updated_at: String,
+    /// The document this one was carried in (an email's attachment names its message):
+    /// the two are written, redone and removed together, and a scan reports the parent
+    /// only.
+    pub parent_key: Option<String>,
+}
+
+impl DocRecord {
+    /// The key a scan reports for this row: its parent's for an attachment, its own
+    /// otherwise. Partitions and repairs go by it.
+    pub fn family_key(&self) -> &str {
+        self.parent_key.as_deref().unwrap_or(&self.doc_key)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +307,32 @@ impl Ledger {
         Ok(found)
     }
 
+    /// The rows of the documents carried inside these (an email's attachments), by parent.
+    pub async fn children(
+        &self,
+        source_id: &str,
+        parents: &[&str],
+    ) -> Result<HashMap<String, Vec<DocRecord>>, LedgerError> {
+        let mut found: HashMap<String, Vec<DocRecord>> = HashMap::new();
+        for batch in parents.chunks(LOOKUP_BATCH) {
+            let sql = format!(
+                "SELECT * FROM documents WHERE source_id = $1 AND parent_key IN ({})
+                 ORDER BY doc_key",
+                placeholders(2, batch.len())
+            );
+            let mut query = sqlx::query(&sql).bind(source_id);
+            for key in batch {
+                query = query.bind(*key);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let record = record_from_row(&row)?;
+                let parent = record.parent_key.clone().unwrap_or_default();
+                found.entry(parent).or_default().push(record);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn get(&self, source_id: &str, key: &str) -> Result<Option<DocRecord>, LedgerError> {
         Ok(self.lookup(source_id, &[key]).await?.remove(key))
     }
@@ -311,7 +349,19 @@ impl Ledger {
         records: &[DocRecord],
         fence: Option<&Fence>,
     ) -> Result<(), LedgerError> {
-        if records.is_empty() {
+        self.commit_and_remove_fenced(records, &[], fence).await
+    }
+
+    /// Writes these rows and removes the rows of `removed` (source id, key) in one
+    /// transaction checked against `fence`: a document and the attachments it no longer
+    /// carries change together.
+    pub async fn commit_and_remove_fenced(
+        &self,
+        records: &[DocRecord],
+        removed: &[(String, String)],
+        fence: Option<&Fence>,
+    ) -> Result<(), LedgerError> {
+        if records.is_empty() && removed.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
@@ -330,9 +380,9 @@ impl Ledger {
                 "INSERT INTO documents (source_id, doc_key, version_hint, content_hash, fingerprint,
                      status, reason, media_type, chunk_count, collection, point_ids,
                      pending_point_ids, chunk_hashes, decode_warning, first_indexed_at, updated_at,
-                     key_hash)
+                     key_hash, parent_key)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     $17)
+                     $17, $18)
                  ON CONFLICT (source_id, doc_key) DO UPDATE SET
                      version_hint = excluded.version_hint,
                      content_hash = excluded.content_hash,
@@ -348,7 +398,8 @@ impl Ledger {
                      decode_warning = excluded.decode_warning,
                      first_indexed_at = excluded.first_indexed_at,
                      updated_at = excluded.updated_at,
-                     key_hash = excluded.key_hash",
+                     key_hash = excluded.key_hash,
+                     parent_key = excluded.parent_key",
             )
             .bind(&r.source_id)
             .bind(&r.doc_key)
@@ -366,9 +417,17 @@ impl Ledger {
             .bind(&r.decode_warning)
             .bind(&r.first_indexed_at)
             .bind(&r.updated_at)
-            .bind(Partition::key_hash(&r.doc_key))
+            .bind(Partition::key_hash(r.family_key()))
+            .bind(&r.parent_key)
             .execute(&mut *tx)
             .await?;
+        }
+        for (source_id, key) in removed {
+            sqlx::query("DELETE FROM documents WHERE source_id = $1 AND doc_key = $2")
+                .bind(source_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -405,7 +464,8 @@ impl Ledger {
         Ok(())
     }
 
-    /// One page of a source's keys in key order, after `after`, from the key range that
+    /// One page of a source's keys of documents a scan reports (not the attachments
+    /// carried inside them) in key order, after `after`, from the key range that
     /// holds `scope` and everything below `scope/` (all keys for the empty scope), in
     /// `partition` when given. The range may also hold neighbours such as `scope.md`;
     /// callers filter with `in_scope`.
@@ -428,7 +488,7 @@ impl Ledger {
         let rows = sqlx::query(
             "SELECT doc_key FROM documents
              WHERE source_id = $1 AND doc_key >= $2 AND ($3 = 0 OR doc_key < $4)
-               AND doc_key > $5 AND key_hash >= $6 AND key_hash < $7
+               AND doc_key > $5 AND key_hash >= $6 AND key_hash < $7 AND parent_key IS NULL
              ORDER BY doc_key LIMIT $8",
         )
         .bind(source_id)
@@ -496,20 +556,14 @@ impl Ledger {
     pub async fn invalidate(&self, source_id: &str, keys: &[String]) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         for key in keys {
-            sqlx::query(
-                "UPDATE documents SET version_hint = '', content_hash = NULL
-                 WHERE source_id = $1 AND doc_key = $2",
-            )
-            .bind(source_id)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+            invalidate_family(&mut tx, source_id, key).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Rows of a source, or of one partition of it.
+    /// Documents a scan reports (attachments carried inside them not counted) of a
+    /// source, or of one partition of it.
     pub async fn document_count(
         &self,
         source_id: &str,
@@ -518,7 +572,7 @@ impl Ledger {
         let (lo, hi) = hash_bounds(partition);
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM documents
-             WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3",
+             WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3 AND parent_key IS NULL",
         )
         .bind(source_id)
         .bind(lo)
@@ -588,23 +642,20 @@ impl Ledger {
         unit: &str,
         source_id: &str,
         partition: Option<Partition>,
-        fingerprints: &[String; 2],
+        fingerprints: &[String],
     ) -> Result<Option<String>, LedgerError> {
         let (lo, hi) = hash_bounds(partition);
-        let stale: i64 = sqlx::query(
+        let sql = format!(
             "SELECT COUNT(*) AS n FROM documents
              WHERE source_id = $1 AND key_hash >= $2 AND key_hash < $3
-               AND (status = 'pending' OR (fingerprint <> $4 AND fingerprint <> $5)
-                    OR version_hint = '')",
-        )
-        .bind(source_id)
-        .bind(lo)
-        .bind(hi)
-        .bind(&fingerprints[0])
-        .bind(&fingerprints[1])
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?;
+               AND (status = 'pending' OR fingerprint NOT IN ({}) OR version_hint = '')",
+            placeholders(4, fingerprints.len())
+        );
+        let mut query = sqlx::query(&sql).bind(source_id).bind(lo).bind(hi);
+        for fingerprint in fingerprints {
+            query = query.bind(fingerprint);
+        }
+        let stale: i64 = query.fetch_one(&self.pool).await?.try_get("n")?;
         if stale > 0 {
             return Ok(None);
         }
@@ -788,14 +839,7 @@ impl Ledger {
         .await?;
         for row in &rows {
             let key: String = row.try_get("doc_key")?;
-            sqlx::query(
-                "UPDATE documents SET version_hint = '', content_hash = NULL
-                 WHERE source_id = $1 AND doc_key = $2",
-            )
-            .bind(source_id)
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?;
+            invalidate_family(&mut tx, source_id, &key).await?;
             sqlx::query("DELETE FROM repairs WHERE source_id = $1 AND doc_key = $2")
                 .bind(source_id)
                 .bind(&key)
@@ -1091,6 +1135,27 @@ impl Ledger {
     }
 }
 
+/// Makes the next sync redo a document: the row itself and, for an attachment, its
+/// parent, which is what a scan reports and what rewrites the attachment.
+async fn invalidate_family(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    source_id: &str,
+    key: &str,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE documents SET version_hint = '', content_hash = NULL
+         WHERE source_id = $1 AND (doc_key = $2 OR doc_key IN
+             (SELECT parent_key FROM documents WHERE source_id = $3 AND doc_key = $4))",
+    )
+    .bind(source_id)
+    .bind(key)
+    .bind(source_id)
+    .bind(key)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn record_from_row(row: &AnyRow) -> Result<DocRecord, LedgerError> {
     let point_ids: String = row.try_get("point_ids")?;
     let pending: Option<String> = row.try_get("pending_point_ids")?;
@@ -1117,5 +1182,6 @@ fn record_from_row(row: &AnyRow) -> Result<DocRecord, LedgerError> {
         decode_warning: row.try_get("decode_warning")?,
         first_indexed_at: row.try_get("first_indexed_at")?,
         updated_at: row.try_get("updated_at")?,
+        parent_key: row.try_get("parent_key")?,
     })
 }

@@ -18,10 +18,12 @@ use crate::telemetry::LiveCounters;
 use crate::{Error, Result};
 
 /// The intent row written before a document's points change: every point that may exist
-/// once the write is done or dies half-way.
+/// once the write is done or dies half-way. `parent`: the key of the document it is
+/// carried in.
 pub(super) fn intent(
     ctx: &Ctx,
     key: &str,
+    parent: Option<&str>,
     prior: Option<&DocRecord>,
     writing: Vec<PointId>,
 ) -> DocRecord {
@@ -41,6 +43,7 @@ pub(super) fn intent(
         decode_warning: None,
         first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
         updated_at: now(),
+        parent_key: parent.map(str::to_string),
     }
 }
 
@@ -87,7 +90,13 @@ pub(super) async fn commit_batches(
                 });
                 continue;
             }
-            let intent = intent(&ctx, &doc.key, doc.prior.as_ref(), ids.clone());
+            let intent = intent(
+                &ctx,
+                &doc.key,
+                doc.parent.as_deref(),
+                doc.prior.as_ref(),
+                ids.clone(),
+            );
             let keep: HashSet<&PointId> = ids.iter().collect();
             stale.extend(
                 intent
@@ -129,6 +138,7 @@ pub(super) async fn commit_batches(
                         .unwrap_or_else(|| indexed_at.clone()),
                 ),
                 updated_at: indexed_at.clone(),
+                parent_key: doc.parent.clone(),
             });
         }
         for (record, outcome, drop_ids) in batch.records {
@@ -183,13 +193,38 @@ pub(super) async fn commit_batches(
             }
             finals.push(record);
         }
+        let mut removed = Vec::new();
+        for record in batch.removed {
+            stats.deleted += 1;
+            if ctx.dry_run {
+                planned.push(PlannedChange {
+                    source_id: ctx.source_id.clone(),
+                    doc_key: record.doc_key.clone(),
+                    action: "delete",
+                    chunks: record.point_ids.len(),
+                    chunks_to_embed: 0,
+                });
+                continue;
+            }
+            let intent = intent(
+                &ctx,
+                &record.doc_key,
+                record.parent_key.as_deref(),
+                Some(&record),
+                Vec::new(),
+            );
+            stale.extend(intent.point_ids.iter().copied());
+            intents.push(intent);
+            removed.push((record.source_id, record.doc_key));
+        }
         if ctx.dry_run {
             continue;
         }
-        let committed = finals.len() as u64;
+        cover_families(&mut intents, &finals);
+        let committed = finals.iter().filter(|r| r.parent_key.is_none()).count() as u64;
         let (upserted, deleted) = (points.len() as u64, stale.len() as u64);
         let started = Instant::now();
-        commit_protocol(&ctx, intents, points, stale, finals).await?;
+        commit_protocol(&ctx, intents, points, stale, finals, removed).await?;
         stats.commit_ms += started.elapsed().as_millis() as u64;
         stats.points_upserted += upserted;
         stats.points_deleted += deleted;
@@ -199,14 +234,41 @@ pub(super) async fn commit_batches(
     Ok((stats, failures, planned))
 }
 
+/// Gives the parent of every attachment with an intent an intent of its own (its final row
+/// marked `pending`), unless it has one: the parent is what a scan reports, so only a
+/// `pending` parent makes the next run redo an attachment a crash left half-written.
+fn cover_families(intents: &mut Vec<DocRecord>, finals: &[DocRecord]) {
+    let parents: HashSet<&str> = intents
+        .iter()
+        .filter_map(|i| i.parent_key.as_deref())
+        .collect();
+    if parents.is_empty() {
+        return;
+    }
+    let covered: HashSet<&str> = intents.iter().map(|i| i.doc_key.as_str()).collect();
+    let missing: Vec<DocRecord> = finals
+        .iter()
+        .filter(|f| parents.contains(f.doc_key.as_str()) && !covered.contains(f.doc_key.as_str()))
+        .map(|f| {
+            let mut pending = f.clone();
+            pending.status = DocStatus::Pending;
+            pending.pending_point_ids = Some(f.point_ids.clone());
+            pending
+        })
+        .collect();
+    intents.extend(missing);
+}
+
 /// Intent, upsert, delete, commit: the order that keeps the ledger from ever vouching
-/// for points the store lacks.
+/// for points the store lacks. `removed`: rows that go in the commit's transaction (the
+/// attachments a message no longer carries; their points are among `stale`).
 async fn commit_protocol(
     ctx: &Ctx,
     intents: Vec<DocRecord>,
     points: Vec<Point>,
     stale: Vec<PointId>,
     finals: Vec<DocRecord>,
+    removed: Vec<(String, String)>,
 ) -> Result<()> {
     let ledger = &ctx.ledger;
     let store = &ctx.store;
@@ -240,14 +302,17 @@ async fn commit_protocol(
     ctx.check_fault(CommitStep::AfterStaleDelete)?;
     let committed = retry("ledger commit", || async {
         ledger
-            .commit_fenced(&finals, fence)
+            .commit_and_remove_fenced(&finals, &removed, fence)
             .await
             .map_err(Error::from)
     })
     .await;
     if let Err(Error::Ledger(LedgerError::LeaseLost { .. })) = &committed {
         if wrote {
-            note_lost_writes(ctx, finals.iter().map(|r| r.doc_key.clone()).collect()).await;
+            let mut keys: Vec<String> = finals.iter().map(|r| r.family_key().to_string()).collect();
+            keys.sort();
+            keys.dedup();
+            note_lost_writes(ctx, keys).await;
         }
     }
     committed?;
@@ -286,9 +351,11 @@ fn payload(ctx: &Ctx, doc: &PreparedDoc, chunk: &Chunk, indexed_at: &str) -> Pay
         unreachable!("json! object literal")
     };
     let mut map = map;
-    if let Some((name, media)) = &chunk.part {
-        map.insert("attachment".into(), name.clone().into());
-        map.insert("attachment_type".into(), media.name().into());
+    if let Some(parent) = &doc.parent {
+        // An attachment names its message and its own file name.
+        let name = doc.key.strip_prefix(parent.as_str()).unwrap_or(&doc.key);
+        map.insert("parent_key".into(), parent.clone().into());
+        map.insert("attachment".into(), name.trim_start_matches('/').into());
     }
     for (field, value) in &doc.metadata {
         // freshet's own fields win; config validation keeps names from clashing.

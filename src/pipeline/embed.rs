@@ -27,20 +27,13 @@ pub(super) async fn embed_batches(
     while let Some(first) = work.recv().await {
         let mut docs = Vec::new();
         let mut records = Vec::new();
+        let mut removed = Vec::new();
         let mut chunk_count = 0;
         let mut next = Some(first);
         while let Some(item) = next.take() {
-            match item {
-                Work::Index(doc) => {
-                    chunk_count += doc.chunks.len();
-                    docs.push(doc);
-                }
-                Work::Record {
-                    record,
-                    outcome,
-                    drop_ids,
-                } => records.push((record, outcome, drop_ids)),
-            }
+            let before = docs.len();
+            gather(item, &mut docs, &mut records, &mut removed);
+            chunk_count += docs[before..].iter().map(|d| d.chunks.len()).sum::<usize>();
             if chunk_count < ctx.commit_batch_chunks && records.len() < GATE_BATCH {
                 next = work.try_recv().ok();
             }
@@ -74,12 +67,40 @@ pub(super) async fn embed_batches(
                 reused,
                 docs: embedded,
                 records,
+                removed,
                 to_embed,
             },
         )
         .await?;
     }
     Ok(())
+}
+
+/// Adds one unit of work to the batch being gathered (a family whole: it is never split
+/// across batches).
+fn gather(
+    item: Work,
+    docs: &mut Vec<PreparedDoc>,
+    records: &mut Vec<(DocRecord, Outcome, Vec<PointId>)>,
+    removed: &mut Vec<DocRecord>,
+) {
+    match item {
+        Work::Index(doc) => docs.push(doc),
+        Work::Record {
+            record,
+            outcome,
+            drop_ids,
+        } => records.push((record, outcome, drop_ids)),
+        Work::Family {
+            members,
+            removed: gone,
+        } => {
+            for member in members {
+                gather(member, docs, records, removed);
+            }
+            removed.extend(gone);
+        }
+    }
 }
 
 /// Vectors of chunks (by chunk hash) that some point in the index already has: the same
@@ -192,6 +213,7 @@ fn failed_embedding(
         hash: Some(doc.hash.clone()),
         media: Some(doc.media),
         decode_warning: doc.decode_warning.clone(),
+        parent_key: doc.parent.clone(),
     }
     .settle(ctx, &doc.key, &doc.version, doc.prior.as_ref())
 }

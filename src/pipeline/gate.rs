@@ -2,7 +2,7 @@
 //! through only documents the ledger does not already describe under the current
 //! settings — an unchanged document is never read, and nothing past the marker is taken.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -183,6 +183,7 @@ pub(super) async fn gate_and_prepare(
                     hash: None,
                     media: None,
                     decode_warning: None,
+                    parent_key: None,
                 }
                 .settle(&ctx, &key, &version, prior.as_ref());
                 send(
@@ -195,10 +196,29 @@ pub(super) async fn gate_and_prepare(
                 )
                 .await?;
             }
+            // Documents that will be read again bring the rows of the attachments they
+            // carried, to rewrite or remove them (retrying failures: to see which failed).
+            let rereads: Vec<&str> = upserts
+                .iter()
+                .filter(|doc| {
+                    known
+                        .get(&doc.key)
+                        .is_some_and(|p| ctx.retry_failed || !is_current(&ctx, p, doc))
+                })
+                .map(|doc| doc.key.as_str())
+                .collect();
+            let mut children = if rereads.is_empty() {
+                HashMap::new()
+            } else {
+                ctx.ledger.children(&ctx.source_id, &rereads).await?
+            };
             for doc in upserts {
                 outcome.seen.insert(key_hash(&doc.key));
                 let prior = known.remove(&doc.key);
-                if prior.as_ref().is_some_and(|p| is_current(&ctx, p, &doc)) {
+                let children = children.remove(&doc.key).unwrap_or_default();
+                let retry_child =
+                    ctx.retry_failed && children.iter().any(|c| c.status == DocStatus::Failed);
+                if prior.as_ref().is_some_and(|p| is_current(&ctx, p, &doc)) && !retry_child {
                     outcome.unchanged += 1;
                     LiveCounters::add(&ctx.live.finished, 1);
                     continue;
@@ -208,7 +228,7 @@ pub(super) async fn gate_and_prepare(
                     send(&work, done.map_err(|e| Error::Task(e.to_string()))?).await?;
                 }
                 let ctx = ctx.clone();
-                in_flight.spawn_blocking(move || prepare(&ctx, doc, prior));
+                in_flight.spawn_blocking(move || prepare(&ctx, doc, prior, children));
             }
         }
         if end.is_some() {

@@ -266,6 +266,9 @@ pub const MAX_REPORTED_FAILURES: usize = 100;
 
 /// A unit of work for one document after the gate.
 #[derive(Debug)]
+// Boxing the common case (`Index`) to shrink the rare one would cost an allocation per
+// document for no gain: at most `PREPARED_QUEUE` of these are alive at once.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     /// New or changed content: embed these chunks and replace the document's points.
     Index(PreparedDoc),
@@ -274,6 +277,14 @@ enum Work {
         record: DocRecord,
         outcome: Outcome,
         drop_ids: Vec<PointId>,
+    },
+    /// A document (first) and the documents carried inside it (an email's attachments),
+    /// with the rows of attachments it no longer carries. A family reaches the store and
+    /// the ledger in one batch, and its parent's intent row covers it: a crash anywhere
+    /// leaves the parent `pending`, and redoing the parent redoes the family.
+    Family {
+        members: Vec<Work>,
+        removed: Vec<DocRecord>,
     },
 }
 
@@ -297,6 +308,8 @@ struct PreparedDoc {
     prior: Option<DocRecord>,
     /// Payload fields the source adds (a row's table, key and metadata columns).
     metadata: serde_json::Map<String, serde_json::Value>,
+    /// The key of the document this one was carried in (an attachment's message).
+    parent: Option<String>,
 }
 
 /// A batch ready for the store: prepared documents with one vector per chunk.
@@ -305,6 +318,8 @@ struct EmbeddedBatch {
     reused: u64,
     docs: Vec<(PreparedDoc, Vec<Vec<f32>>)>,
     records: Vec<(DocRecord, Outcome, Vec<PointId>)>,
+    /// Rows of attachments their message no longer carries: removed with their points.
+    removed: Vec<DocRecord>,
     /// Dry run: chunks each document would send to the model, by key.
     to_embed: HashMap<String, usize>,
 }
@@ -319,10 +334,10 @@ struct Ctx {
     /// are fenced by it.
     lease: Option<Lease>,
     leases: Arc<dyn Leases>,
-    /// The fingerprint of documents the extraction options do not apply to, and of those
-    /// they do (see [`Ctx::fingerprint_for`]).
+    /// The fingerprint of a row of no known type, and of each type's documents (see
+    /// [`Index::fingerprint_of`]).
     fingerprint: String,
-    read_fingerprint: String,
+    fingerprints: HashMap<MediaType, String>,
     collection: String,
     ledger: Ledger,
     embedder: Arc<dyn Embedder>,
@@ -347,11 +362,9 @@ struct Ctx {
 impl Ctx {
     /// The fingerprint a document of this type is indexed under (unknown types: the base).
     fn fingerprint_for(&self, media: Option<MediaType>) -> &str {
-        if media.is_some_and(ExtractOptions::apply_to) {
-            &self.read_fingerprint
-        } else {
-            &self.fingerprint
-        }
+        media
+            .and_then(|m| self.fingerprints.get(&m))
+            .unwrap_or(&self.fingerprint)
     }
 
     /// Whether a ledger row was written under the current settings for its type.
@@ -425,15 +438,20 @@ impl Index {
         if !options.dry_run {
             self.publish_first_build().await?;
         }
-        let (fingerprint, read_fingerprint) = (self.fingerprint(), self.read_fingerprint());
+        let fingerprint = self.fingerprint();
+        let fingerprints: HashMap<MediaType, String> = MediaType::ALL
+            .iter()
+            .map(|m| (*m, self.fingerprint_of(*m)))
+            .collect();
+        let current = self.current_fingerprints();
         let ctx = Arc::new(Ctx {
             source_id: source.id().to_string(),
             unit: unit.id.clone(),
             partition: unit.partition,
             lease,
             leases: self.leases.clone(),
-            fingerprint: fingerprint.clone(),
-            read_fingerprint: read_fingerprint.clone(),
+            fingerprint,
+            fingerprints,
             collection: self.info.collection.clone(),
             ledger: self.ledger.clone(),
             embedder: self.embedder.clone(),
@@ -456,12 +474,7 @@ impl Index {
                     None
                 } else {
                     self.ledger
-                        .cursor(
-                            &unit.id,
-                            source.id(),
-                            unit.partition,
-                            &[fingerprint, read_fingerprint],
-                        )
+                        .cursor(&unit.id, source.id(), unit.partition, &current)
                         .await?
                 },
             )),

@@ -1,13 +1,16 @@
-//! Reading, extracting and chunking one document (on the blocking pool), and settling one
-//! that yields no new points — a document that cannot be indexed fails alone, never the
-//! run, and keeps serving only the points its row vouches for.
+//! Reading, extracting and chunking one document (on the blocking pool) with the documents
+//! it carries (an email's attachments), and settling one that yields no new points — a
+//! document that cannot be indexed fails alone, never the run, and keeps serving only the
+//! points its row vouches for.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 use freshet_connectors::{content_hash, RawDoc, ReadError};
 
 use super::{Ctx, Outcome, PreparedDoc, Work};
-use crate::extract::{extract_with, ExtractError, MediaType};
+use crate::chunk::Chunk;
+use crate::extract::{extract_with, ExtractError, Extracted, MediaType};
 use crate::ledger::{now, DocRecord, DocStatus};
 use crate::store::PointId;
 
@@ -19,6 +22,8 @@ pub(super) struct Settled {
     pub(super) hash: Option<String>,
     pub(super) media: Option<MediaType>,
     pub(super) decode_warning: Option<String>,
+    /// The key of the document this one was carried in (an attachment's message).
+    pub(super) parent_key: Option<String>,
 }
 
 impl Settled {
@@ -70,31 +75,159 @@ impl Settled {
             decode_warning: self.decode_warning,
             first_indexed_at: prior.and_then(|p| p.first_indexed_at.clone()),
             updated_at: now(),
+            parent_key: self.parent_key,
         };
         (record, outcome, drop_ids)
     }
 }
 
-/// Reads, hashes, extracts and chunks one document (blocking).
-pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work {
+/// A document carried inside another, extracted and chunked (or why it could not be).
+struct Carried {
+    name: String,
+    media: MediaType,
+    hash: String,
+    doc: Result<(Extracted, Vec<Chunk>), String>,
+}
+
+/// Reads, hashes, extracts and chunks one document (blocking), and the documents carried
+/// inside it; `children` are the rows of those it carried before.
+pub(super) fn prepare(
+    ctx: &Ctx,
+    doc: RawDoc,
+    prior: Option<DocRecord>,
+    children: Vec<DocRecord>,
+) -> Work {
+    let key = doc.key.clone();
+    let version = doc.version.clone();
+    // Retrying failures retries a failed attachment by extracting its message again,
+    // even where the message itself is unchanged.
+    let reread = ctx.retry_failed && children.iter().any(|c| c.status == DocStatus::Failed);
+    let (work, carried) = prepare_document(ctx, doc, prior, reread);
+    match carried {
+        Some(carried) => family(ctx, &key, &version, work, carried, children),
+        // Read but not indexed. One that failed keeps serving what its row and its
+        // attachments' rows vouch for; one skipped (now empty) serves nothing, its
+        // attachments included.
+        None if !children.is_empty()
+            && matches!(
+                &work,
+                Work::Record {
+                    outcome: Outcome::Skipped,
+                    ..
+                }
+            ) =>
+        {
+            Work::Family {
+                members: vec![work],
+                removed: children,
+            }
+        }
+        None => work,
+    }
+}
+
+/// The parent's work with the documents it carries: each attachment indexed or failed
+/// under its own key, `<parent key>/<name>`, and the rows of those it no longer carries
+/// removed.
+fn family(
+    ctx: &Ctx,
+    key: &str,
+    version: &str,
+    parent: Work,
+    carried: Vec<Carried>,
+    children: Vec<DocRecord>,
+) -> Work {
+    if carried.is_empty() && children.is_empty() {
+        return parent;
+    }
+    // An attachment is found by its message's fields (subject, sender, the source's
+    // columns) too.
+    let inherited = match &parent {
+        Work::Index(doc) => doc.metadata.clone(),
+        _ => Default::default(),
+    };
+    let mut priors: HashMap<String, DocRecord> = children
+        .into_iter()
+        .map(|c| (c.doc_key.clone(), c))
+        .collect();
+    let mut members = vec![parent];
+    for part in carried {
+        let child_key = format!("{key}/{}", part.name);
+        match part.doc {
+            Ok((extracted, chunks)) => {
+                if chunks.is_empty() {
+                    // Nothing to index: not a document (a row it had goes).
+                    continue;
+                }
+                let mut metadata = inherited.clone();
+                for (field, value) in extracted.metadata {
+                    metadata.entry(field).or_insert(value);
+                }
+                members.push(Work::Index(PreparedDoc {
+                    prior: priors.remove(&child_key),
+                    key: child_key,
+                    version: version.to_string(),
+                    hash: part.hash,
+                    media: part.media,
+                    title: extracted.title,
+                    decode_warning: extracted.decode_warning,
+                    chunks,
+                    metadata,
+                    parent: Some(key.to_string()),
+                }));
+            }
+            Err(reason) => {
+                let prior = priors.remove(&child_key);
+                let (record, outcome, drop_ids) = Settled {
+                    status: DocStatus::Failed,
+                    reason,
+                    hash: Some(part.hash),
+                    media: Some(part.media),
+                    decode_warning: None,
+                    parent_key: Some(key.to_string()),
+                }
+                .settle(ctx, &child_key, version, prior.as_ref());
+                members.push(Work::Record {
+                    record,
+                    outcome,
+                    drop_ids,
+                });
+            }
+        }
+    }
+    let mut removed: Vec<DocRecord> = priors.into_values().collect();
+    removed.sort_by(|a, b| a.doc_key.cmp(&b.doc_key));
+    Work::Family { members, removed }
+}
+
+/// Reads, hashes, extracts and chunks one document (blocking); with the documents it
+/// carries when it was extracted. `reread`: extract it even if its content is unchanged.
+fn prepare_document(
+    ctx: &Ctx,
+    doc: RawDoc,
+    prior: Option<DocRecord>,
+    reread: bool,
+) -> (Work, Option<Vec<Carried>>) {
     let record = |status: DocStatus,
                   reason: String,
                   hash: Option<String>,
                   media: Option<MediaType>|
-     -> Work {
+     -> (Work, Option<Vec<Carried>>) {
         let (record, outcome, drop_ids) = Settled {
             status,
             reason,
             hash,
             media,
             decode_warning: None,
+            parent_key: None,
         }
         .settle(ctx, &doc.key, &doc.version, prior.as_ref());
-        Work::Record {
+        let work = Work::Record {
             record,
             outcome,
             drop_ids,
-        }
+        };
+        (work, None)
     };
     let file_name = doc.key.rsplit('/').next().unwrap_or(&doc.key);
     if file_name.starts_with("~$") && doc.media.is_none() {
@@ -146,7 +279,7 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
         );
         content_hash(&all)
     };
-    if let Some(p) = &prior {
+    if let Some(p) = prior.as_ref().filter(|_| !reread) {
         if p.status == DocStatus::Indexed
             && p.content_hash.as_deref() == Some(hash.as_str())
             && p.fingerprint == ctx.fingerprint_for(Some(media))
@@ -155,24 +288,39 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
             let mut same = p.clone();
             same.version_hint = doc.version.clone();
             same.updated_at = now();
-            return Work::Record {
+            let work = Work::Record {
                 record: same,
                 outcome: Outcome::ContentUnchanged,
                 drop_ids: Vec::new(),
             };
+            return (work, None);
         }
     }
     // Parsers of untrusted bytes can panic; one bad document must not end the run.
     let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        extract_with(&bytes, media, &ctx.extract).map(|extracted| {
+        extract_with(&bytes, media, &ctx.extract).map(|mut extracted| {
             let chunks = ctx.chunker.chunk(&extracted, media);
-            (extracted, chunks)
+            let carried: Vec<Carried> = std::mem::take(&mut extracted.parts)
+                .into_iter()
+                .map(|part| Carried {
+                    doc: part.doc.map(|doc| {
+                        let chunks = ctx.chunker.chunk(&doc, part.media);
+                        (doc, chunks)
+                    }),
+                    name: part.name,
+                    media: part.media,
+                    hash: part.hash,
+                })
+                .collect();
+            (extracted, chunks, carried)
         })
     }));
     drop(bytes);
     match parsed {
-        Ok(Ok((extracted, chunks))) => {
-            if chunks.is_empty() {
+        Ok(Ok((extracted, chunks, carried))) => {
+            // A message may be only its attachments: it is indexed with no points of
+            // its own, and they are documents of their own.
+            if chunks.is_empty() && carried.is_empty() {
                 return record(
                     DocStatus::Skipped,
                     "no text to index after cleaning".into(),
@@ -186,7 +334,7 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
             for (field, value) in extracted.metadata {
                 metadata.entry(field).or_insert(value);
             }
-            Work::Index(PreparedDoc {
+            let work = Work::Index(PreparedDoc {
                 key: doc.key,
                 version: doc.version,
                 hash,
@@ -196,7 +344,9 @@ pub(super) fn prepare(ctx: &Ctx, doc: RawDoc, prior: Option<DocRecord>) -> Work 
                 chunks,
                 prior,
                 metadata,
-            })
+                parent: None,
+            });
+            (work, Some(carried))
         }
         Ok(Err(ExtractError::Skip(reason))) => {
             record(DocStatus::Skipped, reason, Some(hash), Some(media))

@@ -9,6 +9,7 @@ use freshet_connectors::{in_scope, DocKey};
 use super::commit::{intent, retry};
 use super::gate::key_hash;
 use super::{CommitStep, Ctx, PlannedChange, SourceStats, SyncOptions, GATE_BATCH, SWEEP_PAGE};
+use crate::ledger::DocRecord;
 use crate::{Error, Result};
 
 /// After a scan: documents in the ledger that the scan covered (`scope`: `Some(None)` for
@@ -74,11 +75,31 @@ pub(super) async fn sweep(
     }
     for keys in gone.chunks(GATE_BATCH) {
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let records = ctx.ledger.lookup(&ctx.source_id, &refs).await?;
+        let mut records: Vec<DocRecord> = ctx
+            .ledger
+            .lookup(&ctx.source_id, &refs)
+            .await?
+            .into_values()
+            .collect();
+        // The attachments a document carried go with it, in the same transactions.
+        records.extend(
+            ctx.ledger
+                .children(&ctx.source_id, &refs)
+                .await?
+                .into_values()
+                .flatten(),
+        );
+        let keys: Vec<String> = records.iter().map(|r| r.doc_key.clone()).collect();
         let mut intents = Vec::new();
         let mut ids = Vec::new();
-        for record in records.values() {
-            let intent = intent(ctx, &record.doc_key, Some(record), Vec::new());
+        for record in &records {
+            let intent = intent(
+                ctx,
+                &record.doc_key,
+                record.parent_key.as_deref(),
+                Some(record),
+                Vec::new(),
+            );
             ids.extend(intent.point_ids.iter().copied());
             intents.push(intent);
             if ctx.dry_run {
@@ -115,7 +136,7 @@ pub(super) async fn sweep(
         ctx.check_fault(CommitStep::AfterStaleDelete)?;
         retry("ledger remove", || async {
             ledger
-                .remove_fenced(&ctx.source_id, keys, fence)
+                .remove_fenced(&ctx.source_id, &keys, fence)
                 .await
                 .map_err(Error::from)
         })
