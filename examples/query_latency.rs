@@ -3,10 +3,12 @@
 //! query-embedding time. Prints figures; asserts nothing.
 //!
 //! Run: `cargo run --release --example query_latency -- [--points 100000]
-//! [--text DIR] [--queries FILE.jsonl]... [--optimize]`
+//! [--text DIR] [--queries FILE.jsonl]... [--optimize] [--maintain N]`
 //!
-//! `--optimize` runs the engine's optimiser (HNSW indexing, vacuum) after loading, to show
-//! what it would give; syncs do not run it (see `EdgeStore::optimize`).
+//! `--optimize` runs the engine's optimiser (HNSW indexing, vacuum) once after loading.
+//! `--maintain N` runs the store's housekeeping after every N points, as a sync of N chunks
+//! ends (it optimises once enough points are outside the HNSW index), and prints what
+//! each run cost.
 //!
 //! The points' BM25 vectors and payload text are windows of 150 words of real text (the
 //! `.md` files under `--text`, by default the crates cargo unpacked); their dense vectors
@@ -32,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         .join("registry/src");
     let mut query_files = Vec::new();
     let mut optimize = false;
+    let mut maintain_every = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("a value after the flag");
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             "--text" => text_dir = PathBuf::from(value()?),
             "--queries" => query_files.push(PathBuf::from(value()?)),
             "--optimize" => optimize = true,
+            "--maintain" => maintain_every = value()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     let store = runtime.block_on(EdgeStore::open(&dir.path().join("collection"), dim, true))?;
 
     let started = Instant::now();
+    let mut maintenance = 0.0f64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -105,6 +110,14 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         runtime.block_on(store.upsert(batch))?;
+        let loaded = batch_start + 1_000;
+        if maintain_every > 0 && loaded % maintain_every == 0 {
+            let started = Instant::now();
+            if let Some(done) = runtime.block_on(store.maintain())? {
+                maintenance += started.elapsed().as_secs_f64();
+                println!("  at {loaded} points: {done}");
+            }
+        }
         if (batch_start + 1_000) % 50_000 == 0 {
             println!(
                 "  {} points after {:.1}s",
@@ -113,8 +126,14 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if maintain_every > 0 {
+        let (_, unindexed) = store.unindexed()?;
+        println!(
+            "housekeeping every {maintain_every} points: {maintenance:.1}s in all; {unindexed} points left outside the HNSW index"
+        );
+    }
     println!(
-        "loaded in {:.1}s ({:.0} points/s)",
+        "loaded in {:.1}s ({:.0} points/s, housekeeping included)",
         started.elapsed().as_secs_f64(),
         points as f64 / started.elapsed().as_secs_f64()
     );

@@ -344,6 +344,10 @@ impl Index {
         } else if stats.changed_anything() {
             self.publish_collection(false).await?;
         }
+        if stats.points_upserted + stats.points_deleted > 0 {
+            // Writes of other units wait while the embedded engine optimises.
+            self.maintain_store().await;
+        }
         record_round(&stats, status, lag);
         self.ledger
             .record_unit_round(unit, lag.map(|l| l.as_millis() as i64))

@@ -225,12 +225,29 @@ impl Index {
                     .units_scanned_into(&crate::units::ids(&self.config), &self.info.collection)
                     .await?;
             self.publish_collection(complete).await?;
+            if report.totals.points_upserted + report.totals.points_deleted > 0
+                && !options.cancel.is_cancelled()
+            {
+                self.maintain_store().await;
+            }
             let stats = serde_json::to_value(&report).expect("report serializes");
             self.ledger
                 .finish_run(run_id, status, &stats, report.error.as_deref())
                 .await?;
         }
         Ok(report)
+    }
+
+    /// The store's housekeeping after writes (the embedded engine's HNSW indexing). It
+    /// changes no point, so a failure is logged and the sync still counts.
+    pub(crate) async fn maintain_store(&self) {
+        match self.store.maintain().await {
+            Ok(Some(done)) => tracing::info!("{done}"),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "store housekeeping failed; queries stay correct, only slower")
+            }
+        }
     }
 
     /// Takes a unit for this sync run, unless another worker covers it.

@@ -6,7 +6,7 @@
 //! crash while the ledger already vouched for it. `index.json` is replaced atomically.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::{
@@ -23,7 +23,18 @@ use super::{
     SparseKind, StoreError, StoredPoint, VectorStore, DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR,
 };
 
+mod optimize;
+
+use optimize::OptimizeError;
+pub use optimize::OptimizeStep;
+
 const INDEX_FILE: &str = "index.json";
+/// Points outside HNSW-indexed segments (searched by brute force) after which a sync
+/// ends by optimising the shard ([`EdgeStore::optimize`]), once they are also half as many
+/// as the indexed ones and pass the engine's own indexing threshold (10,000 KB of vectors
+/// by default: 6,667 vectors of 384 dimensions). Brute force over 20,000 adds a few
+/// milliseconds to a query.
+pub const OPTIMIZE_AFTER_UNINDEXED: usize = 20_000;
 const COLLECTIONS_DIR: &str = "collections";
 
 /// Collections as directories under `data_dir/collections`; `index.json` names the
@@ -136,7 +147,13 @@ impl Catalog for EdgeCatalog {
 
 pub struct EdgeStore {
     path: PathBuf,
-    shard: Arc<EdgeShard>,
+    /// Replaced whole when an optimised copy takes the shard's place; empty when an
+    /// optimisation could not put a shard back (see [`optimize::Slot`]).
+    shard: Arc<optimize::Slot>,
+    /// Writes hold it shared; an optimisation holds it alone, from its copy to its
+    /// switch, so that no write lands on a shard about to be replaced (watch mode writes
+    /// from several units at once).
+    writes: tokio::sync::RwLock<()>,
     /// Whether the collection keeps BM25 sparse vectors (then its dense vector is named
     /// [`DENSE_VECTOR`]; without, it is the single unnamed vector of older indexes).
     keywords: bool,
@@ -171,28 +188,43 @@ impl EdgeStore {
 
     /// Opens an existing collection for reading; `None` when nothing was indexed yet.
     pub async fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
-        if !path.join("edge_config.json").is_file() {
-            return Ok(None);
-        }
         let path = path.to_path_buf();
         let open_path = path.clone();
         let shard = blocking(move || {
-            EdgeShard::load(&open_path, None).map_err(|err| StoreError::Open {
+            let failed = |reason: String| StoreError::Open {
                 target: open_path.display().to_string(),
-                reason: err.to_string(),
-            })
+                reason,
+            };
+            // A crash during an optimisation may have left the shard beside its place.
+            optimize::recover(&open_path).map_err(|err| failed(err.to_string()))?;
+            if !open_path.join("edge_config.json").is_file() {
+                return Ok(None);
+            }
+            EdgeShard::load(&open_path, None)
+                .map(Some)
+                .map_err(|err| failed(err.to_string()))
         })
         .await??;
-        Ok(Some(Self::new(path, shard)))
+        Ok(shard.map(|shard| Self::new(path, shard)))
     }
 
     fn new(path: PathBuf, shard: EdgeShard) -> Self {
         let keywords = shard.config().sparse_vectors.contains_key(SPARSE_VECTOR);
         Self {
             path,
-            shard: Arc::new(shard),
+            shard: Arc::new(RwLock::new(Some(Arc::new(shard)))),
+            writes: tokio::sync::RwLock::new(()),
             keywords,
         }
+    }
+
+    fn shard(&self) -> Result<Arc<EdgeShard>, StoreError> {
+        self.shard.read().expect("shard lock").clone().ok_or_else(|| {
+            StoreError::Operation(format!(
+                "{}: an optimisation could not finish and left the shard moved; restart freshet (opening the store settles it)",
+                self.path.display()
+            ))
+        })
     }
 
     /// The dense vector's name in this collection.
@@ -205,33 +237,57 @@ impl EdgeStore {
     }
 
     pub fn dim(&self) -> Option<usize> {
-        self.shard
+        self.shard()
+            .ok()?
             .config()
             .vectors
             .get(self.dense_name())
             .map(|v| v.size)
     }
 
-    /// Runs the engine's optimisers to completion (HNSW indexing of large segments,
-    /// vacuum of deleted points, merging), then flushes. `examples/query_latency` measures
-    /// what it gives; syncs do not call it yet: the engine writes the optimised segment
-    /// before it deletes the ones it replaces, and qdrant-edge 0.7 does not deduplicate
-    /// points when it loads, so a kill -9 between the two would leave two copies of the
-    /// same points, of which a later upsert updates one.
+    /// Points, and points outside HNSW-indexed segments (searched by brute force).
+    pub fn unindexed(&self) -> Result<(usize, usize), StoreError> {
+        let info = self.shard()?.info();
+        // The engine counts every BM25 vector as indexed (a sparse index is always one);
+        // a dense vector only in an HNSW-indexed segment.
+        let sparse = if self.keywords { info.points_count } else { 0 };
+        let dense_indexed = info.indexed_vectors_count.saturating_sub(sparse);
+        Ok((
+            info.points_count,
+            info.points_count.saturating_sub(dense_indexed),
+        ))
+    }
+
+    /// Runs the engine's optimisers (HNSW indexing of large segments, vacuum of deleted
+    /// points, merging) on a copy of the shard, which then takes the shard's place; see
+    /// [`optimize`] for why never in place. Returns whether the engine changed anything.
+    /// Writes wait meanwhile; reads go on, on the shard before, and wait only during the
+    /// switch.
     pub async fn optimize(&self) -> Result<bool, StoreError> {
-        let shard = self.shard.clone();
-        blocking(move || {
-            let changed = shard
-                .optimize()
-                .map_err(|err| StoreError::Operation(err.to_string()))?;
-            shard.flush();
-            Ok(changed)
-        })
-        .await?
+        self.optimize_stopping(|_| false).await
+    }
+
+    /// [`EdgeStore::optimize`], stopped after the step where `stop` says so, as a crash
+    /// would stop it (tests): the store then refuses everything, as a dead process would.
+    pub async fn optimize_stopping(
+        &self,
+        stop: impl Fn(OptimizeStep) -> bool + Send + 'static,
+    ) -> Result<bool, StoreError> {
+        let _alone = self.writes.write().await;
+        let slot = self.shard.clone();
+        let path = self.path.clone();
+        match blocking(move || optimize::optimize_beside(&path, &slot, &stop)).await? {
+            Ok(changed) => Ok(changed),
+            Err(OptimizeError::Failed(err) | OptimizeError::Stranded(err)) => Err(err),
+            Err(OptimizeError::Stopped(step)) => Err(StoreError::Operation(format!(
+                "optimisation stopped after {step:?}"
+            ))),
+        }
     }
 
     async fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
-        let shard = self.shard.clone();
+        let _shared = self.writes.read().await;
+        let shard = self.shard()?;
         blocking(move || {
             shard
                 .update(operation)
@@ -257,6 +313,8 @@ fn open_shard(path: &Path, dim: usize, keywords: bool) -> Result<EdgeShard, Stor
         target: path.display().to_string(),
         reason,
     };
+    // A crash during an optimisation may have left the shard beside its place.
+    optimize::recover(path).map_err(|err| open_err(err.to_string()))?;
     std::fs::create_dir_all(path).map_err(|err| open_err(err.to_string()))?;
     truncate_wal(path);
     if path.join("edge_config.json").is_file() {
@@ -493,7 +551,7 @@ impl VectorStore for EdgeStore {
             with_vector: WithVector::Bool(false),
             with_payload: WithPayloadInterface::Bool(true),
         };
-        let shard = self.shard.clone();
+        let shard = self.shard()?;
         let points = blocking(move || shard.query(request))
             .await?
             .map_err(|err| StoreError::Operation(err.to_string()))?;
@@ -509,8 +567,38 @@ impl VectorStore for EdgeStore {
             .collect()
     }
 
+    async fn maintain(&self) -> Result<Option<String>, StoreError> {
+        let (points, unindexed) = self.unindexed()?;
+        // The engine indexes a segment only past its own size threshold: short of it, an
+        // optimisation would copy the shard and change nothing.
+        let threshold_bytes = self
+            .shard()?
+            .config()
+            .optimizers
+            .get_indexing_threshold_kb()
+            * 1024;
+        let dense_bytes = unindexed * self.dim().unwrap_or(0) * std::mem::size_of::<f32>();
+        // The engine merges down to a few segments and a merge rebuilds the graph of all
+        // it merges, so an optimisation costs about as much as the shard is large: waiting
+        // until a third of the shard is outside the index keeps the total cost linear.
+        let indexed = points - unindexed;
+        if unindexed < OPTIMIZE_AFTER_UNINDEXED
+            || unindexed < indexed / 2
+            || dense_bytes < threshold_bytes
+        {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        self.optimize().await?;
+        let (_, left) = self.unindexed()?;
+        Ok(Some(format!(
+            "optimised the embedded shard in {:.1} s: {unindexed} of {points} points were outside the HNSW index, {left} now",
+            started.elapsed().as_secs_f64()
+        )))
+    }
+
     async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError> {
-        let shard = self.shard.clone();
+        let shard = self.shard()?;
         let request = CountRequest {
             filter: to_edge_filter(filter),
             exact: true,
@@ -535,7 +623,7 @@ impl VectorStore for EdgeStore {
             with_vector: WithVector::Bool(with_vectors),
             order_by: None,
         };
-        let shard = self.shard.clone();
+        let shard = self.shard()?;
         let dense_name = self.dense_name();
         let (records, next) = blocking(move || shard.scroll(request))
             .await?

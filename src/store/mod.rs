@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, StoreConfig};
 
-pub use edge::{EdgeCatalog, EdgeStore};
+pub use edge::{EdgeCatalog, EdgeStore, OptimizeStep, OPTIMIZE_AFTER_UNINDEXED};
 pub use pgvector::{PgvectorCatalog, PgvectorStore, UpsertMethod};
 pub use qdrant::{QdrantCatalog, QdrantStore};
 
@@ -385,6 +385,12 @@ pub trait VectorStore: Send + Sync {
     /// on a collection without a keyword side is refused.
     async fn search(&self, query: &Query) -> Result<Vec<Hit>, StoreError>;
     async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError>;
+    /// Housekeeping once a sync's writes are done; says what it did, if anything. Never
+    /// changes which points exist, and no write may run meanwhile. (The embedded engine
+    /// indexes and vacuums here; servers do their own.)
+    async fn maintain(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
     /// Pages through every point in id order; `None` as the next offset means done.
     async fn scroll(
         &self,
