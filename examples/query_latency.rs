@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if maintain_every > 0 {
-        let (_, unindexed) = store.unindexed()?;
+        let (_, unindexed) = runtime.block_on(store.unindexed())?;
         println!(
             "housekeeping every {maintain_every} points: {maintenance:.1}s in all; {unindexed} points left outside the HNSW index"
         );

@@ -336,7 +336,7 @@ impl Index {
         if ExtractOptions::apply_to(media) {
             fingerprint.push_str(&self.extract.fingerprint());
         }
-        fingerprint + media.reader_version()
+        fingerprint + &media.reader_version()
     }
 
     /// Every fingerprint a row may carry under the current settings: of each type, and

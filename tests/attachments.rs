@@ -300,3 +300,65 @@ async fn rows(index: &freshet::index::Index) -> Vec<(String, DocStatus, Option<S
         .map(|r| (r.doc_key, r.status, r.parent_key, r.point_ids.len()))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_a_crash_left_pending_are_settled_when_their_message_then_fails() {
+    let ws = Workspace::empty();
+    write_first(&ws.corpus());
+    let index = ws.open().await;
+    index.sync(&SyncOptions::default()).await.unwrap();
+    write_second(&ws.corpus());
+    let crashed = index.sync(&crash_at(CommitStep::AfterUpsert)).await;
+    assert!(
+        matches!(crashed, Err(freshet::Error::Injected(_))),
+        "{crashed:?}"
+    );
+    drop(index);
+    let pending = |rows: &[(String, DocStatus, Option<String>, usize)]| {
+        rows.iter()
+            .filter(|(_, status, _, _)| *status == DocStatus::Pending)
+            .map(|(key, _, _, _)| key.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // The message can no longer be read (here: over the size limit), so it is not
+    // redone; its attachments the crash left pending must not stay pending for ever.
+    let mut config = ws.config();
+    config.pipeline.max_document_bytes = 200;
+    let index = ws.open_with(config).await;
+    assert_eq!(
+        pending(&rows(&index).await),
+        [
+            "mail/q3.eml",
+            "mail/q3.eml/minutes.txt",
+            "mail/q3.eml/notes.md",
+            "mail/q3.eml/scan.pdf"
+        ]
+    );
+    let resumed = index.sync(&SyncOptions::default()).await.unwrap();
+    assert!(resumed.error.is_none(), "{resumed:#?}");
+    let rows = rows(&index).await;
+    assert!(pending(&rows).is_empty(), "{rows:?}");
+    let minutes = index
+        .ledger
+        .get("docs", "mail/q3.eml/minutes.txt")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(minutes.status, DocStatus::Failed);
+    assert!(
+        minutes
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("its message could not be indexed"),
+        "{minutes:?}"
+    );
+    let verify = index.verify().await.unwrap();
+    assert!(verify.is_clean(), "{verify:#?}");
+    assert_eq!(verify.pending_documents, 0);
+    assert!(points(&index)
+        .await
+        .values()
+        .all(|p| str_field(p, "doc_key") == "readme.md"));
+}

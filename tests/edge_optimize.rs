@@ -186,7 +186,7 @@ async fn housekeeping_indexes_a_large_brute_force_segment_once() {
             .collect();
         store.upsert(batch).await.unwrap();
     }
-    assert_eq!(store.unindexed().unwrap(), (MANY - 1, MANY - 1));
+    assert_eq!(store.unindexed().await.unwrap(), (MANY - 1, MANY - 1));
     assert_eq!(store.maintain().await.unwrap(), None, "one point short");
 
     store
@@ -198,7 +198,7 @@ async fn housekeeping_indexes_a_large_brute_force_segment_once() {
         .unwrap();
     let done = store.maintain().await.unwrap().expect("past the threshold");
     assert!(done.contains("20000 of 20000 points"), "{done}");
-    let (points, unindexed) = store.unindexed().unwrap();
+    let (points, unindexed) = store.unindexed().await.unwrap();
     assert_eq!((points, unindexed), (MANY, 0), "{done}");
     assert_eq!(ids_once(&store).await.len(), MANY);
     let hits = store

@@ -74,10 +74,18 @@ impl MediaType {
     /// What this type's own reader adds to the fingerprint of its documents: bumped when
     /// only this format's output changes, so that only its documents are read again.
     /// Email 2: attachments are documents of their own, no longer parts of the message.
-    pub fn reader_version(self) -> &'static str {
+    /// An email's includes every other type's, since its attachments are redone only
+    /// through it.
+    pub fn reader_version(self) -> String {
         match self {
-            MediaType::Email => ";email=v2",
-            _ => "",
+            MediaType::Email => {
+                let mut version = String::from(";email=v2");
+                for other in MediaType::ALL.iter().filter(|m| **m != MediaType::Email) {
+                    version.push_str(&other.reader_version());
+                }
+                version
+            }
+            _ => String::new(),
         }
     }
 

@@ -1091,13 +1091,19 @@ impl Ledger {
     }
 
     /// Makes every document recorded with points in `name` read and re-indexed by the next
-    /// sync (the collection was found empty: recreated on a new server, or dropped).
-    /// Returns how many documents that affects.
+    /// sync (the collection was found empty: recreated on a new server, or dropped), and
+    /// the message of every such attachment, which is what rewrites it. Returns how many
+    /// rows that affects.
     pub async fn invalidate_collection(&self, name: &str) -> Result<u64, LedgerError> {
         let done = sqlx::query(
             "UPDATE documents SET version_hint = '', content_hash = NULL
-             WHERE collection = $1 AND point_ids <> '[]'",
+             WHERE (collection = $1 AND point_ids <> '[]')
+                OR EXISTS (SELECT 1 FROM documents c
+                           WHERE c.source_id = documents.source_id
+                             AND c.parent_key = documents.doc_key
+                             AND c.collection = $2 AND c.point_ids <> '[]')",
         )
+        .bind(name)
         .bind(name)
         .execute(&self.pool)
         .await?;

@@ -75,9 +75,19 @@ pub async fn open(url: &str, settings: &LedgerConfig) -> Result<(Ledger, PgLease
             .fetch_one(&mut first)
             .await?;
     if !exists {
-        first
+        let created = first
             .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
-            .await?;
+            .await;
+        // Workers starting together race here: IF NOT EXISTS is not safe against a
+        // concurrent CREATE, which fails with a unique violation once the other commits.
+        // The schema then exists, which is all this wanted.
+        match created {
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("23505") | Some("42P06")) => {}
+            other => {
+                other?;
+            }
+        }
     }
     first.close().await?;
 

@@ -10,7 +10,7 @@ use freshet_connectors::{Change, CheckReport, DocKey, RawDoc};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::prepare::{prepare, Settled};
+use super::prepare::{prepare, settle_pending_children, Settled};
 use super::{Ctx, RoundEnd, Work, GATE_BATCH};
 use crate::ledger::{now, DocRecord, DocStatus};
 use crate::telemetry::LiveCounters;
@@ -165,6 +165,29 @@ pub(super) async fn gate_and_prepare(
                     _ => outcome.cursor_invalid = true,
                 }
             }
+            // Documents that will be read again, or set aside, bring the rows of the
+            // attachments they carried, to rewrite, remove or settle them (retrying
+            // failures: to see which failed).
+            let rereads: Vec<&str> = upserts
+                .iter()
+                .filter(|doc| {
+                    known
+                        .get(&doc.key)
+                        .is_some_and(|p| ctx.retry_failed || !is_current(&ctx, p, doc))
+                })
+                .map(|doc| doc.key.as_str())
+                .chain(
+                    quarantined
+                        .iter()
+                        .filter(|(key, _, _)| known.contains_key(key))
+                        .map(|(key, _, _)| key.as_str()),
+                )
+                .collect();
+            let mut children = if rereads.is_empty() {
+                HashMap::new()
+            } else {
+                ctx.ledger.children(&ctx.source_id, &rereads).await?
+            };
             for (key, version, reason) in quarantined {
                 outcome.seen.insert(key_hash(&key));
                 let prior = known.remove(&key);
@@ -186,32 +209,19 @@ pub(super) async fn gate_and_prepare(
                     parent_key: None,
                 }
                 .settle(&ctx, &key, &version, prior.as_ref());
+                let set_aside = Work::Record {
+                    record,
+                    outcome,
+                    drop_ids,
+                };
+                let children = children.remove(&key).unwrap_or_default();
+                let why = format!("its message was quarantined: {reason}");
                 send(
                     &work,
-                    Work::Record {
-                        record,
-                        outcome,
-                        drop_ids,
-                    },
+                    settle_pending_children(&ctx, &key, &version, set_aside, children, &why),
                 )
                 .await?;
             }
-            // Documents that will be read again bring the rows of the attachments they
-            // carried, to rewrite or remove them (retrying failures: to see which failed).
-            let rereads: Vec<&str> = upserts
-                .iter()
-                .filter(|doc| {
-                    known
-                        .get(&doc.key)
-                        .is_some_and(|p| ctx.retry_failed || !is_current(&ctx, p, doc))
-                })
-                .map(|doc| doc.key.as_str())
-                .collect();
-            let mut children = if rereads.is_empty() {
-                HashMap::new()
-            } else {
-                ctx.ledger.children(&ctx.source_id, &rereads).await?
-            };
             for doc in upserts {
                 outcome.seen.insert(key_hash(&doc.key));
                 let prior = known.remove(&doc.key);

@@ -105,24 +105,68 @@ pub(super) fn prepare(
     let (work, carried) = prepare_document(ctx, doc, prior, reread);
     match carried {
         Some(carried) => family(ctx, &key, &version, work, carried, children),
-        // Read but not indexed. One that failed keeps serving what its row and its
-        // attachments' rows vouch for; one skipped (now empty) serves nothing, its
-        // attachments included.
-        None if !children.is_empty()
-            && matches!(
-                &work,
-                Work::Record {
-                    outcome: Outcome::Skipped,
-                    ..
-                }
-            ) =>
-        {
-            Work::Family {
+        None if children.is_empty() => work,
+        // Read but not indexed. One skipped (now empty) serves nothing, its attachments
+        // included; one that failed keeps serving what its row and its attachments' rows
+        // vouch for.
+        None => match &work {
+            Work::Record {
+                outcome: Outcome::Skipped,
+                ..
+            } => Work::Family {
                 members: vec![work],
                 removed: children,
+            },
+            Work::Record { record, .. } => {
+                let why = format!(
+                    "its message could not be indexed: {}",
+                    record.reason.as_deref().unwrap_or("no reason given")
+                );
+                settle_pending_children(ctx, &key, &version, work, children, &why)
             }
-        }
-        None => work,
+            _ => work,
+        },
+    }
+}
+
+/// A message that is not indexed this time (failed, quarantined) leaves its attachments
+/// serving what their rows vouch for; but an attachment a crash left `pending` vouches
+/// for nothing, and its message will not be redone for it: it is settled as failed, and
+/// the points it may have go.
+pub(super) fn settle_pending_children(
+    ctx: &Ctx,
+    key: &str,
+    version: &str,
+    parent: Work,
+    children: Vec<DocRecord>,
+    why: &str,
+) -> Work {
+    let settled: Vec<Work> = children
+        .into_iter()
+        .filter(|child| child.status == DocStatus::Pending)
+        .map(|child| {
+            let (record, outcome, drop_ids) = Settled {
+                status: DocStatus::Failed,
+                reason: why.to_string(),
+                hash: child.content_hash.clone(),
+                media: child.media_type.as_deref().and_then(MediaType::from_name),
+                decode_warning: None,
+                parent_key: Some(key.to_string()),
+            }
+            .settle(ctx, &child.doc_key, version, Some(&child));
+            Work::Record {
+                record,
+                outcome,
+                drop_ids,
+            }
+        })
+        .collect();
+    if settled.is_empty() {
+        return parent;
+    }
+    Work::Family {
+        members: std::iter::once(parent).chain(settled).collect(),
+        removed: Vec::new(),
     }
 }
 

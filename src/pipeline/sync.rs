@@ -245,7 +245,9 @@ impl Index {
             Ok(Some(done)) => tracing::info!("{done}"),
             Ok(None) => {}
             Err(err) => {
-                tracing::warn!(error = %err, "store housekeeping failed; queries stay correct, only slower")
+                // Either nothing changed (queries stay correct, only slower), or the
+                // error says the store must be opened again.
+                tracing::warn!(error = %err, "store housekeeping failed")
             }
         }
     }

@@ -6,7 +6,8 @@
 //! crash while the ledger already vouched for it. `index.json` is replaced atomically.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use qdrant_edge::{
@@ -134,7 +135,10 @@ impl Catalog for EdgeCatalog {
             })?;
         let dir = self.data_dir.join(COLLECTIONS_DIR);
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_str() != Some(info.collection.as_str()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // An optimisation of this collection may be running (watch mode publishes
+            // from one unit while another optimises): what it leaves is `recover`'s.
+            if name != info.collection && !optimize::is_beside(&name, &info.collection) {
                 tracing::info!(collection = %entry.path().display(), "dropping the collection of a previous model");
                 if let Err(err) = std::fs::remove_dir_all(entry.path()) {
                     tracing::warn!(collection = %entry.path().display(), error = %err, "could not drop an old collection");
@@ -153,7 +157,13 @@ pub struct EdgeStore {
     /// Writes hold it shared; an optimisation holds it alone, from its copy to its
     /// switch, so that no write lands on a shard about to be replaced (watch mode writes
     /// from several units at once).
-    writes: tokio::sync::RwLock<()>,
+    writes: Arc<tokio::sync::RwLock<()>>,
+    dim: Option<usize>,
+    /// The engine indexes a segment once its vectors pass this size.
+    indexing_threshold_kb: usize,
+    /// Points in the shard when an optimisation last found nothing to do: the next is
+    /// tried only once the shard grew past it by [`OPTIMIZE_AFTER_UNINDEXED`].
+    declined_at: AtomicUsize,
     /// Whether the collection keeps BM25 sparse vectors (then its dense vector is named
     /// [`DENSE_VECTOR`]; without, it is the single unnamed vector of older indexes).
     keywords: bool,
@@ -210,16 +220,24 @@ impl EdgeStore {
 
     fn new(path: PathBuf, shard: EdgeShard) -> Self {
         let keywords = shard.config().sparse_vectors.contains_key(SPARSE_VECTOR);
+        let dense_name = if keywords { DENSE_VECTOR } else { "" };
+        let dim = shard.config().vectors.get(dense_name).map(|v| v.size);
+        let indexing_threshold_kb = shard.config().optimizers.get_indexing_threshold_kb();
         Self {
             path,
-            shard: Arc::new(RwLock::new(Some(Arc::new(shard)))),
-            writes: tokio::sync::RwLock::new(()),
+            shard: Arc::new(tokio::sync::RwLock::new(Some(Arc::new(shard)))),
+            writes: Arc::new(tokio::sync::RwLock::new(())),
             keywords,
+            dim,
+            indexing_threshold_kb,
+            declined_at: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self) -> Result<Arc<EdgeShard>, StoreError> {
-        self.shard.read().expect("shard lock").clone().ok_or_else(|| {
+    /// The shard in use; waits (without holding a thread) while an optimised copy takes
+    /// its place.
+    async fn shard(&self) -> Result<Arc<EdgeShard>, StoreError> {
+        self.shard.read().await.clone().ok_or_else(|| {
             StoreError::Operation(format!(
                 "{}: an optimisation could not finish and left the shard moved; restart freshet (opening the store settles it)",
                 self.path.display()
@@ -237,17 +255,12 @@ impl EdgeStore {
     }
 
     pub fn dim(&self) -> Option<usize> {
-        self.shard()
-            .ok()?
-            .config()
-            .vectors
-            .get(self.dense_name())
-            .map(|v| v.size)
+        self.dim
     }
 
     /// Points, and points outside HNSW-indexed segments (searched by brute force).
-    pub fn unindexed(&self) -> Result<(usize, usize), StoreError> {
-        let info = self.shard()?.info();
+    pub async fn unindexed(&self) -> Result<(usize, usize), StoreError> {
+        let info = self.shard().await?.info();
         // The engine counts every BM25 vector as indexed (a sparse index is always one);
         // a dense vector only in an HNSW-indexed segment.
         let sparse = if self.keywords { info.points_count } else { 0 };
@@ -273,10 +286,25 @@ impl EdgeStore {
         &self,
         stop: impl Fn(OptimizeStep) -> bool + Send + 'static,
     ) -> Result<bool, StoreError> {
-        let _alone = self.writes.write().await;
+        let alone = self.writes.clone().write_owned().await;
+        self.optimize_alone(alone, stop).await
+    }
+
+    /// Optimises while `alone` keeps writes out (moved into the blocking task, so that
+    /// dropping this future cannot let a write in before the task ends).
+    async fn optimize_alone(
+        &self,
+        alone: tokio::sync::OwnedRwLockWriteGuard<()>,
+        stop: impl Fn(OptimizeStep) -> bool + Send + 'static,
+    ) -> Result<bool, StoreError> {
         let slot = self.shard.clone();
         let path = self.path.clone();
-        match blocking(move || optimize::optimize_beside(&path, &slot, &stop)).await? {
+        let outcome = blocking(move || {
+            let _alone = alone;
+            optimize::optimize_beside(&path, &slot, &stop)
+        })
+        .await?;
+        match outcome {
             Ok(changed) => Ok(changed),
             Err(OptimizeError::Failed(err) | OptimizeError::Stranded(err)) => Err(err),
             Err(OptimizeError::Stopped(step)) => Err(StoreError::Operation(format!(
@@ -286,9 +314,12 @@ impl EdgeStore {
     }
 
     async fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
-        let _shared = self.writes.read().await;
-        let shard = self.shard()?;
+        // Owned and moved into the task: a dropped future cannot let an optimisation copy
+        // the shard while this write still lands.
+        let shared = self.writes.clone().read_owned().await;
+        let shard = self.shard().await?;
         blocking(move || {
+            let _shared = shared;
             shard
                 .update(operation)
                 .map_err(|err| StoreError::Operation(err.to_string()))?;
@@ -551,7 +582,7 @@ impl VectorStore for EdgeStore {
             with_vector: WithVector::Bool(false),
             with_payload: WithPayloadInterface::Bool(true),
         };
-        let shard = self.shard()?;
+        let shard = self.shard().await?;
         let points = blocking(move || shard.query(request))
             .await?
             .map_err(|err| StoreError::Operation(err.to_string()))?;
@@ -568,29 +599,30 @@ impl VectorStore for EdgeStore {
     }
 
     async fn maintain(&self) -> Result<Option<String>, StoreError> {
-        let (points, unindexed) = self.unindexed()?;
+        // Decided with writes held out: two watched units finishing rounds together must
+        // not both optimise.
+        let alone = self.writes.clone().write_owned().await;
+        let (points, unindexed) = self.unindexed().await?;
+        let indexed = points - unindexed;
         // The engine indexes a segment only past its own size threshold: short of it, an
         // optimisation would copy the shard and change nothing.
-        let threshold_bytes = self
-            .shard()?
-            .config()
-            .optimizers
-            .get_indexing_threshold_kb()
-            * 1024;
-        let dense_bytes = unindexed * self.dim().unwrap_or(0) * std::mem::size_of::<f32>();
+        let dense_bytes = unindexed * self.dim.unwrap_or(0) * std::mem::size_of::<f32>();
         // The engine merges down to a few segments and a merge rebuilds the graph of all
         // it merges, so an optimisation costs about as much as the shard is large: waiting
         // until a third of the shard is outside the index keeps the total cost linear.
-        let indexed = points - unindexed;
-        if unindexed < OPTIMIZE_AFTER_UNINDEXED
-            || unindexed < indexed / 2
-            || dense_bytes < threshold_bytes
-        {
+        let due = unindexed >= OPTIMIZE_AFTER_UNINDEXED
+            && unindexed >= indexed / 2
+            && dense_bytes >= self.indexing_threshold_kb.saturating_mul(1024)
+            && points >= self.declined_at.load(Ordering::SeqCst) + OPTIMIZE_AFTER_UNINDEXED;
+        if !due {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        self.optimize().await?;
-        let (_, left) = self.unindexed()?;
+        let changed = self.optimize_alone(alone, |_| false).await?;
+        if !changed {
+            self.declined_at.store(points, Ordering::SeqCst);
+        }
+        let (_, left) = self.unindexed().await?;
         Ok(Some(format!(
             "optimised the embedded shard in {:.1} s: {unindexed} of {points} points were outside the HNSW index, {left} now",
             started.elapsed().as_secs_f64()
@@ -598,7 +630,7 @@ impl VectorStore for EdgeStore {
     }
 
     async fn count(&self, filter: Option<Filter>) -> Result<usize, StoreError> {
-        let shard = self.shard()?;
+        let shard = self.shard().await?;
         let request = CountRequest {
             filter: to_edge_filter(filter),
             exact: true,
@@ -623,7 +655,7 @@ impl VectorStore for EdgeStore {
             with_vector: WithVector::Bool(with_vectors),
             order_by: None,
         };
-        let shard = self.shard()?;
+        let shard = self.shard().await?;
         let dense_name = self.dense_name();
         let (records, next) = blocking(move || shard.scroll(request))
             .await?

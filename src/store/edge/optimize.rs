@@ -11,7 +11,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use qdrant_edge::EdgeShard;
 
@@ -47,6 +47,12 @@ fn siblings(path: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Whether a directory name is what an optimisation of `collection` leaves beside it.
+pub fn is_beside(name: &str, collection: &str) -> bool {
+    name.strip_prefix(collection)
+        .is_some_and(|rest| rest == ".optimizing" || rest == ".retired")
+}
+
 /// Before a shard is loaded: finishes a switch a crash interrupted (the marked copy
 /// takes the place), or undoes it (the retired shard comes back), and removes what an
 /// interrupted optimisation left beside the collection.
@@ -74,7 +80,9 @@ pub fn recover(path: &Path) -> io::Result<()> {
 
 /// The shard in use, shared with readers; `None` once an optimisation could not put a
 /// shard back (every later operation is refused until the store is opened again).
-pub type Slot = RwLock<Option<Arc<EdgeShard>>>;
+/// A tokio lock, so that readers wait without holding a thread; this module runs on a
+/// blocking thread and takes it with `blocking_*`.
+pub type Slot = tokio::sync::RwLock<Option<Arc<EdgeShard>>>;
 
 /// Optimises a copy of the shard at `path` and puts it in the shard's place, in `slot`.
 /// Returns whether the engine changed anything. No write may run meanwhile. Reads go on,
@@ -99,15 +107,14 @@ pub fn optimize_beside(
     };
     let step = |s: OptimizeStep| {
         if stop(s) {
-            slot.write().expect("shard lock").take();
+            slot.blocking_write().take();
             Err(OptimizeError::Stopped(s))
         } else {
             Ok(())
         }
     };
     let live = slot
-        .read()
-        .expect("shard lock")
+        .blocking_read()
         .clone()
         .ok_or_else(|| failed("no shard", &"opened again?"))?;
     live.flush();
@@ -135,7 +142,7 @@ pub fn optimize_beside(
     step(OptimizeStep::Marked)?;
 
     // The switch. The shard before must be closed first: closing flushes it, by path.
-    let mut slot = slot.write().expect("shard lock");
+    let mut slot = slot.blocking_write();
     if let Some(mut old) = slot.take() {
         // Readers that took it before the lock finish their query first.
         loop {
@@ -193,6 +200,9 @@ pub fn optimize_beside(
 /// and the copy is dropped. Whether the shard before is in place.
 fn put_back(path: &Path) -> bool {
     let (copy, retired) = siblings(path);
+    // The copy in place goes aside unmarked: were the process to die before the shard
+    // before is back, the next open must bring that one back, not this one.
+    let _ = fs::remove_file(path.join(COMPLETE));
     let restored = if retired.exists() {
         (!path.exists() || fs::rename(path, &copy).is_ok())
             && fs::rename(&retired, path).is_ok()
