@@ -5,12 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use common::{copy_dir, doc_points, points, str_field, StoreKind, Workspace};
+use common::{copy_dir, crash_at, doc_points, points, str_field, StoreKind, Workspace};
 use freshet::ledger::DocStatus;
-use freshet::pipeline::{CommitStep, FaultHook, SyncOptions};
+use freshet::pipeline::{CommitStep, SyncOptions};
 
 /// A MIME message with a plain-text body and these attachments (file name, type, body).
 fn message(subject: &str, body: &str, attachments: &[(&str, &str, &str)]) -> String {
@@ -217,17 +215,6 @@ async fn lifecycle(kind: StoreKind) {
         .map(|r| r.doc_key)
         .collect();
     assert_eq!(left, ["readme.md"]);
-}
-
-/// A hook that fires once, at the first time `step` is reached.
-fn crash_at(step: CommitStep) -> SyncOptions {
-    let fired = Arc::new(AtomicBool::new(false));
-    SyncOptions {
-        fault: Some(FaultHook(Arc::new(move |at| {
-            at == step && !fired.swap(true, Ordering::SeqCst)
-        }))),
-        ..SyncOptions::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,23 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{copy_dir, points, store_toml, StoreKind, Workspace};
-use freshet::pipeline::{CommitStep, FaultHook, SyncOptions};
-
-/// A hook that fires once, at the first time `step` is reached.
-fn crash_at(step: CommitStep) -> SyncOptions {
-    let fired = Arc::new(AtomicBool::new(false));
-    SyncOptions {
-        fault: Some(FaultHook(Arc::new(move |at| {
-            at == step && !fired.swap(true, Ordering::SeqCst)
-        }))),
-        ..SyncOptions::default()
-    }
-}
+use common::{copy_dir, crash_at, points, store_toml, StoreKind, Workspace};
+use freshet::pipeline::{CommitStep, SyncOptions};
 
 type Mutation = fn(&Path);
 

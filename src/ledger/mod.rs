@@ -289,22 +289,8 @@ impl Ledger {
         source_id: &str,
         keys: &[&str],
     ) -> Result<HashMap<String, DocRecord>, LedgerError> {
-        let mut found = HashMap::with_capacity(keys.len());
-        for batch in keys.chunks(LOOKUP_BATCH) {
-            let sql = format!(
-                "SELECT * FROM documents WHERE source_id = $1 AND doc_key IN ({})",
-                placeholders(2, batch.len())
-            );
-            let mut query = sqlx::query(&sql).bind(source_id);
-            for key in batch {
-                query = query.bind(*key);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let record = record_from_row(&row)?;
-                found.insert(record.doc_key.clone(), record);
-            }
-        }
-        Ok(found)
+        let rows = self.rows_where_in("doc_key", source_id, keys).await?;
+        Ok(rows.into_iter().map(|r| (r.doc_key.clone(), r)).collect())
     }
 
     /// The rows of the documents carried inside these (an email's attachments), by parent.
@@ -314,20 +300,34 @@ impl Ledger {
         parents: &[&str],
     ) -> Result<HashMap<String, Vec<DocRecord>>, LedgerError> {
         let mut found: HashMap<String, Vec<DocRecord>> = HashMap::new();
-        for batch in parents.chunks(LOOKUP_BATCH) {
+        for record in self.rows_where_in("parent_key", source_id, parents).await? {
+            let parent = record.parent_key.clone().unwrap_or_default();
+            found.entry(parent).or_default().push(record);
+        }
+        Ok(found)
+    }
+
+    /// A source's rows whose `column` (a key column) is one of `values`, in key order,
+    /// looked up `LOOKUP_BATCH` at a time.
+    async fn rows_where_in(
+        &self,
+        column: &str,
+        source_id: &str,
+        values: &[&str],
+    ) -> Result<Vec<DocRecord>, LedgerError> {
+        let mut found = Vec::with_capacity(values.len());
+        for batch in values.chunks(LOOKUP_BATCH) {
             let sql = format!(
-                "SELECT * FROM documents WHERE source_id = $1 AND parent_key IN ({})
+                "SELECT * FROM documents WHERE source_id = $1 AND {column} IN ({})
                  ORDER BY doc_key",
                 placeholders(2, batch.len())
             );
             let mut query = sqlx::query(&sql).bind(source_id);
-            for key in batch {
-                query = query.bind(*key);
+            for value in batch {
+                query = query.bind(*value);
             }
             for row in query.fetch_all(&self.pool).await? {
-                let record = record_from_row(&row)?;
-                let parent = record.parent_key.clone().unwrap_or_default();
-                found.entry(parent).or_default().push(record);
+                found.push(record_from_row(&row)?);
             }
         }
         Ok(found)

@@ -12,7 +12,7 @@ use freshet::config::{
     WriteOrderingConfig,
 };
 use freshet::index::LockMode;
-use freshet::pipeline::{RunReport, SyncOptions};
+use freshet::pipeline::{CommitStep, FaultHook, RunReport, SyncOptions};
 use freshet::store::{Payload, PointId};
 use freshet::Index;
 
@@ -370,4 +370,15 @@ pub fn stdout_json(output: &std::process::Output) -> serde_json::Value {
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// A hook that fires once, at the first time `step` is reached.
+pub fn crash_at(step: CommitStep) -> SyncOptions {
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    SyncOptions {
+        fault: Some(FaultHook(std::sync::Arc::new(move |at| {
+            at == step && !fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+        }))),
+        ..SyncOptions::default()
+    }
 }
